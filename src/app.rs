@@ -1,0 +1,327 @@
+//! Wiring of the stages for each command, and their ordered shutdown: stop the source,
+//! let the pipeline drain and commit, close the archive, then report.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::kafka::{KafkaBatchConsumer, KafkaConsumerConfig, KafkaPublisher, TopicSpec, create_topics};
+use crate::bus::memory::MemoryBus;
+use crate::bus::{BatchConsumer, Publisher};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Cli, Command, DemoArgs, IngestArgs, PipelineArgs, ProcessArgs, SourceArgs, SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs};
+use crate::dead_letter::DeadLetter;
+use crate::ingest::simulator::SimulatorConfig;
+use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, run_ingest};
+use crate::pipeline::{ProcessConfig, ProcessStats, Processor, run_process};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo(args) => demo(args).await,
+        Command::Ingest(args) => ingest(args).await,
+        Command::Process(args) => process(args).await,
+        Command::Topics { action: TopicsCommand::Create(args) } => topics_create(args).await,
+    }
+}
+
+fn build_source(args: &SourceArgs) -> anyhow::Result<Box<dyn Source>> {
+    match args.source {
+        SourceKind::Simulator => {
+            let s = &args.simulator;
+            let start = s.start_time.unwrap_or_else(chrono::Utc::now);
+            let config = SimulatorConfig {
+                seed: s.seed,
+                aircraft: s.aircraft as usize,
+                anomaly_rate: s.anomaly_rate,
+                invalid_rate: s.invalid_rate,
+                report_interval_s: s.report_interval,
+                start,
+            };
+            Ok(Box::new(SimulatorSource::new(config, s.speed, s.max_records, s.labels_out.clone())?))
+        }
+    }
+}
+
+fn process_config(p: &PipelineArgs, topics: &TopicArgs) -> ProcessConfig {
+    ProcessConfig {
+        sql_dir: p.sql_dir.clone(),
+        grid_cell_deg: p.grid_cell_deg,
+        processed_topic: topics.topic_processed.clone(),
+        dead_letter_topic: topics.topic_dead_letter.clone(),
+        archive_dir: (!p.no_archive).then(|| p.data_dir.clone()),
+        batch_max_records: p.batch_max_records as usize,
+        batch_max_wait: p.batch_max_wait(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `contrail demo`: simulator -> in-process bus -> pipeline -> archive, no broker.
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let topics = crate::config::TopicArgs {
+        topic_raw: "flight-raw-data".into(),
+        topic_processed: "flight-processed-data".into(),
+        topic_aggregated: "flight-aggregated-data".into(),
+        topic_aircraft_aggregates: "flight-aircraft-aggregates".into(),
+        topic_dead_letter: "flight-dead-letter".into(),
+        topic_window_state: "contrail-window-state".into(),
+    };
+    let bus = MemoryBus::with_offset_base(100_000, clock.now_micros());
+    let mut raw = bus.subscribe(&topics.topic_raw);
+    let dead_letters = bus.subscribe(&topics.topic_dead_letter);
+
+    let process_stats = Arc::new(ProcessStats::default());
+    let mut processor = Processor::new(process_config(&args.pipeline, &topics), Arc::clone(&clock), Arc::clone(&process_stats)).await?;
+    let dl_path = args.pipeline.data_dir.join("dead-letter.jsonl");
+    if let Some(dir) = processor.archive_dir() {
+        println!("archive: {}", absolute(dir).display());
+    }
+    println!("dead letters: {}", absolute(&dl_path).display());
+
+    let mut source = build_source(&args.source)?;
+    let ingest_stats = Arc::new(IngestStats::default());
+    let ingest_topics = IngestTopics { raw: topics.topic_raw.clone(), dead_letter: topics.topic_dead_letter.clone() };
+    let stop_source = CancellationToken::new();
+    let ingest_task = {
+        let (bus, stats, clock, stop) = (bus.clone(), Arc::clone(&ingest_stats), Arc::clone(&clock), stop_source.clone());
+        tokio::spawn(async move { run_ingest(source.as_mut(), &bus, &ingest_topics, clock, stats, stop).await })
+    };
+    let process_task = tokio::spawn(async move {
+        let result = run_process(&mut processor, &mut raw, CancellationToken::new()).await;
+        (result, processor)
+    });
+    let sink_task = tokio::spawn(dead_letter_sink(dead_letters, dl_path));
+
+    let started = Instant::now();
+    let deadline = args.duration.map(Duration::from_secs_f64);
+    let mut status = tokio::time::interval(Duration::from_secs_f64(args.status_interval));
+    status.tick().await;
+    let mut last = (Instant::now(), 0u64);
+    let ingest_done = tokio::select! {
+        () = shutdown_signal() => { println!("stopping: signal received"); false }
+        () = async { match deadline { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+            println!("stopping: --duration reached"); false
+        }
+        r = async {
+            loop {
+                status.tick().await;
+                let processed = process_stats.processed.load(Ordering::Relaxed);
+                let rate = (processed - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), processed);
+                println!("{}", status_line(&ingest_stats, &process_stats, rate));
+                if ingest_task.is_finished() { break; }
+            }
+        } => { let _ = r; println!("stopping: source finished"); true }
+    };
+
+    // Ordered shutdown: source, then the pipeline drains what is on the bus, then sinks.
+    stop_source.cancel();
+    let _ = ingest_done;
+    ingest_task.await.context("ingest task")??;
+    bus.close(&topics.topic_raw);
+    let (result, processor) = process_task.await.context("process task")?;
+    result?;
+    drop(processor);
+    bus.close(&topics.topic_dead_letter);
+    sink_task.await.context("dead-letter sink")??;
+    let rate = process_stats.processed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    println!("done: {}", status_line(&ingest_stats, &process_stats, rate));
+    println!(
+        "archive: {} Parquet files under {}",
+        process_stats.archive_files.load(Ordering::Relaxed),
+        absolute(&args.pipeline.data_dir.join("processed")).display()
+    );
+    Ok(())
+}
+
+fn status_line(ingest: &IngestStats, process: &ProcessStats, rate: f64) -> String {
+    let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    format!(
+        "read {} | published {} | duplicates {} | processed {} | dead-lettered {} | batches {} | {:.0} events/s",
+        l(&ingest.read),
+        l(&ingest.published),
+        l(&ingest.duplicates),
+        l(&process.processed),
+        l(&ingest.dead_lettered) + l(&process.dead_lettered),
+        l(&process.batches),
+        rate
+    )
+}
+
+fn absolute(p: &Path) -> std::path::PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Appends dead letters to a JSON-lines file until the topic ends.
+async fn dead_letter_sink(mut consumer: crate::bus::memory::MemoryConsumer, path: std::path::PathBuf) -> crate::error::Result<()> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| crate::error::Error::io("creating data folder", dir, e))?;
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await
+        .map_err(|e| crate::error::Error::io("opening dead-letter file", &path, e))?;
+    while let Some(batch) = consumer.next_batch(10_000, Duration::from_millis(500)).await? {
+        for m in &batch {
+            // Payloads are DeadLetter JSON already; check, so the file only holds that.
+            debug_assert!(serde_json::from_slice::<DeadLetter>(&m.payload).is_ok());
+            file.write_all(&m.payload).await.map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
+            file.write_all(b"\n").await.map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
+        }
+        consumer.commit(Vec::new()).await?;
+    }
+    file.flush().await.map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
+    Ok(())
+}
+
+/// `contrail ingest`: a source -> Kafka.
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let bootstrap = args.kafka.bootstrap();
+    let publisher = KafkaPublisher::new(&bootstrap)?;
+    let mut source = build_source(&args.source)?;
+    let stats = Arc::new(IngestStats::default());
+    let topics = IngestTopics { raw: args.topics.topic_raw.clone(), dead_letter: args.topics.topic_dead_letter.clone() };
+    let stop = CancellationToken::new();
+    tracing::info!(%bootstrap, topic = %topics.raw, "ingesting");
+    let run = run_ingest(source.as_mut(), &publisher as &dyn Publisher, &topics, Arc::new(SystemClock), Arc::clone(&stats), stop.clone());
+    let report = async {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(args.status_interval));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            log_ingest(&stats);
+        }
+    };
+    let signal = async {
+        shutdown_signal().await;
+        tracing::info!("signal received: stopping the source");
+        stop.cancel();
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        r = run => r?,
+        () = report => {}
+        () = signal => {}
+    }
+    log_ingest(&stats);
+    Ok(())
+}
+
+fn log_ingest(stats: &IngestStats) {
+    let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    tracing::info!(
+        read = l(&stats.read),
+        published = l(&stats.published),
+        duplicates = l(&stats.duplicates),
+        dead_lettered = l(&stats.dead_lettered),
+        "ingest"
+    );
+}
+
+/// `contrail process`: Kafka -> pipeline -> Kafka + archive, one transaction per batch.
+async fn process(args: ProcessArgs) -> anyhow::Result<()> {
+    let bootstrap = args.kafka.bootstrap();
+    let stats = Arc::new(ProcessStats::default());
+    let mut processor = Processor::new(process_config(&args.pipeline, &args.topics), Arc::new(SystemClock), Arc::clone(&stats)).await?;
+    let transactional_id = args
+        .transactional_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}-{}", args.group_id, std::process::id(), crate::clock::Clock::now_micros(&SystemClock)));
+    let mut consumer = KafkaBatchConsumer::new(&KafkaConsumerConfig {
+        bootstrap: bootstrap.clone(),
+        group_id: args.group_id.clone(),
+        topics: vec![args.topics.topic_raw.clone()],
+        transactional_id,
+    })
+    .await?;
+    tracing::info!(%bootstrap, group = %args.group_id, topic = %args.topics.topic_raw, "processing");
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let run = run_process(&mut processor, &mut consumer as &mut dyn BatchConsumer, stop.clone());
+    let watch = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut last_log = Instant::now();
+        loop {
+            tick.tick().await;
+            if args.stop_after.is_some_and(|n| stats.consumed.load(Ordering::Relaxed) >= n) {
+                tracing::info!("--stop-after reached");
+                stop.cancel();
+            }
+            if last_log.elapsed().as_secs_f64() >= args.status_interval {
+                last_log = Instant::now();
+                log_process(&stats, started);
+            }
+        }
+    };
+    let signal = async {
+        shutdown_signal().await;
+        tracing::info!("signal received: finishing the current batch");
+        stop.cancel();
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        r = run => r?,
+        () = watch => {}
+        () = signal => {}
+    }
+    log_process(&stats, started);
+    Ok(())
+}
+
+fn log_process(stats: &ProcessStats, started: Instant) {
+    let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        consumed = l(&stats.consumed),
+        processed = l(&stats.processed),
+        dead_lettered = l(&stats.dead_lettered),
+        batches = l(&stats.batches),
+        archive_files = l(&stats.archive_files),
+        records_per_s = (l(&stats.consumed) as f64 / secs) as u64,
+        "process"
+    );
+}
+
+/// `contrail topics create`.
+async fn topics_create(args: TopicsCreateArgs) -> anyhow::Result<()> {
+    let t = &args.topics;
+    let keyed = |name: &String| TopicSpec { name: name.clone(), partitions: args.partitions, compacted: false };
+    let specs = vec![
+        keyed(&t.topic_raw),
+        keyed(&t.topic_processed),
+        keyed(&t.topic_dead_letter),
+        keyed(&t.topic_aggregated),
+        keyed(&t.topic_aircraft_aggregates),
+        TopicSpec { name: t.topic_window_state.clone(), partitions: args.partitions, compacted: true },
+    ];
+    let bootstrap = args.kafka.bootstrap();
+    for (name, outcome) in create_topics(&bootstrap, &specs, args.replication_factor).await? {
+        println!("{name}: {}", match outcome {
+            crate::bus::kafka::TopicOutcome::Created => "created",
+            crate::bus::kafka::TopicOutcome::AlreadyExisted => "exists",
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Command-line configuration: every flag has a long name, a `CONTRAIL_*` environment
+//! variable and a doc comment that becomes its `--help` text. Values are checked when
+//! parsed, so a bad value fails with the flag's name before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::ingest::Speed;
+
+#[derive(Debug, Parser)]
+#[command(name = "contrail", version, about = "Real-time flight-data analytics: OpenSky -> Kafka -> Arrow/DataFusion -> Kafka + Parquet")]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `contrail=debug,rdkafka=warn`.
+    #[arg(long, env = "CONTRAIL_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Everything in one process, no broker: simulator -> pipeline -> Parquet archive.
+    Demo(DemoArgs),
+    /// Read a source, validate, drop repeats, publish to the raw topic (Kafka).
+    Ingest(IngestArgs),
+    /// Consume the raw topic in micro-batches, run the SQL pipeline, publish and archive (Kafka).
+    Process(ProcessArgs),
+    /// Manage Contrail's Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        action: TopicsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every topic Contrail uses; topics that exist are left as they are.
+    Create(TopicsCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers [default: $KAFKA_BOOTSTRAP, else 127.0.0.1:9092].
+    #[arg(long = "kafka-bootstrap", env = "CONTRAIL_KAFKA_BOOTSTRAP")]
+    pub bootstrap: Option<String>,
+}
+
+impl KafkaArgs {
+    pub fn bootstrap(&self) -> String {
+        self.bootstrap
+            .clone()
+            .or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "127.0.0.1:9092".to_string())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopicArgs {
+    /// Raw state vectors (key icao24).
+    #[arg(long, env = "CONTRAIL_TOPIC_RAW", default_value = "flight-raw-data")]
+    pub topic_raw: String,
+    /// Processed records with features (key icao24).
+    #[arg(long, env = "CONTRAIL_TOPIC_PROCESSED", default_value = "flight-processed-data")]
+    pub topic_processed: String,
+    /// Global 10-minute window aggregates (key window start).
+    #[arg(long, env = "CONTRAIL_TOPIC_AGGREGATED", default_value = "flight-aggregated-data")]
+    pub topic_aggregated: String,
+    /// Per-aircraft window aggregates (key window start).
+    #[arg(long, env = "CONTRAIL_TOPIC_AIRCRAFT_AGGREGATES", default_value = "flight-aircraft-aggregates")]
+    pub topic_aircraft_aggregates: String,
+    /// Records refused by a stage, with a reason code.
+    #[arg(long, env = "CONTRAIL_TOPIC_DEAD_LETTER", default_value = "flight-dead-letter")]
+    pub topic_dead_letter: String,
+    /// Window-state changelog (compacted).
+    #[arg(long, env = "CONTRAIL_TOPIC_WINDOW_STATE", default_value = "contrail-window-state")]
+    pub topic_window_state: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// The built-in flight simulator.
+    Simulator,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
+    /// Where raw records come from.
+    #[arg(long, env = "CONTRAIL_SOURCE", value_enum, default_value_t = SourceKind::Simulator)]
+    pub source: SourceKind,
+    #[command(flatten)]
+    pub simulator: SimulatorArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulatorArgs {
+    /// Simulator seed: the same seed and start time give the same records.
+    #[arg(long, env = "CONTRAIL_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Number of simulated aircraft.
+    #[arg(long, env = "CONTRAIL_AIRCRAFT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub aircraft: u64,
+    /// Simulated seconds per real second (e.g. 1, 10), or `max`.
+    #[arg(long, env = "CONTRAIL_SPEED", default_value = "1")]
+    pub speed: Speed,
+    /// Probability per report that an injected anomaly starts.
+    #[arg(long, env = "CONTRAIL_ANOMALY_RATE", default_value_t = 0.002, value_parser = probability)]
+    pub anomaly_rate: f64,
+    /// Probability per report that a corrupted record is emitted too (it must be dead-lettered).
+    #[arg(long, env = "CONTRAIL_INVALID_RATE", default_value_t = 0.001, value_parser = probability)]
+    pub invalid_rate: f64,
+    /// Mean seconds between two reports of one aircraft.
+    #[arg(long, env = "CONTRAIL_REPORT_INTERVAL", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub report_interval: f64,
+    /// Simulated start time, RFC 3339 [default: now].
+    #[arg(long, env = "CONTRAIL_START_TIME")]
+    pub start_time: Option<DateTime<Utc>>,
+    /// Stop after this many records.
+    #[arg(long, env = "CONTRAIL_MAX_RECORDS")]
+    pub max_records: Option<u64>,
+    /// Write labels of injected anomalies here (JSON lines: icao24, timestamp, kind).
+    #[arg(long, env = "CONTRAIL_LABELS_OUT")]
+    pub labels_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// Folder holding clean.sql and features.sql.
+    #[arg(long, env = "CONTRAIL_SQL_DIR", default_value = "sql")]
+    pub sql_dir: PathBuf,
+    /// Root of the Parquet archive.
+    #[arg(long, env = "CONTRAIL_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Do not write the Parquet archive.
+    #[arg(long, env = "CONTRAIL_NO_ARCHIVE")]
+    pub no_archive: bool,
+    /// Grid cell size in degrees for grid_x/grid_y.
+    #[arg(long, env = "CONTRAIL_GRID_CELL_DEG", default_value_t = 1.0, value_parser = grid_cell)]
+    pub grid_cell_deg: f64,
+    /// Most records in one micro-batch.
+    #[arg(long, env = "CONTRAIL_BATCH_MAX_RECORDS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub batch_max_records: u64,
+    /// Longest wait for a micro-batch to fill, in milliseconds.
+    #[arg(long, env = "CONTRAIL_BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub batch_max_wait_ms: u64,
+}
+
+impl PipelineArgs {
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Stop after this many seconds [default: run until Ctrl-C].
+    #[arg(long, env = "CONTRAIL_DURATION", value_parser = positive_seconds)]
+    pub duration: Option<f64>,
+    /// Seconds between two status lines.
+    #[arg(long, env = "CONTRAIL_STATUS_INTERVAL", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub status_interval: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Seconds between two status log lines.
+    #[arg(long, env = "CONTRAIL_STATUS_INTERVAL", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub status_interval: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProcessArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Consumer group shared by all processors (scale out by starting more).
+    #[arg(long, env = "CONTRAIL_GROUP_ID", default_value = "contrail-process")]
+    pub group_id: String,
+    /// Kafka transactional.id of this processor [default: derived from group and process id].
+    #[arg(long, env = "CONTRAIL_TRANSACTIONAL_ID")]
+    pub transactional_id: Option<String>,
+    /// Exit once this many records were consumed (for benchmarks and tests).
+    #[arg(long, env = "CONTRAIL_STOP_AFTER")]
+    pub stop_after: Option<u64>,
+    /// Seconds between two status log lines.
+    #[arg(long, env = "CONTRAIL_STATUS_INTERVAL", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub status_interval: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopicsCreateArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    /// Partitions of each keyed topic.
+    #[arg(long, env = "CONTRAIL_PARTITIONS", default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub partitions: i32,
+    /// Replication factor of every topic.
+    #[arg(long, env = "CONTRAIL_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub replication_factor: i32,
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn grid_cell(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 180.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a cell size in (0, 180] degrees")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (vec!["contrail", "demo", "--anomaly-rate", "2"], "--anomaly-rate"),
+            (vec!["contrail", "demo", "--speed", "fast"], "--speed"),
+            (vec!["contrail", "demo", "--aircraft", "0"], "--aircraft"),
+            (vec!["contrail", "demo", "--grid-cell-deg=-1"], "--grid-cell-deg"),
+            (vec!["contrail", "demo", "--start-time", "yesterday"], "--start-time"),
+            (vec!["contrail", "process", "--batch-max-records", "0"], "--batch-max-records"),
+            (vec!["contrail", "topics", "create", "--partitions", "x"], "--partitions"),
+        ] {
+            let e = Cli::try_parse_from(&args).unwrap_err().to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["contrail", "topics", "create"]).unwrap();
+        let Command::Topics { action: TopicsCommand::Create(a) } = cli.command else { panic!() };
+        assert_eq!(a.partitions, 6);
+        assert_eq!(a.topics.topic_raw, "flight-raw-data");
+        assert_eq!(a.topics.topic_window_state, "contrail-window-state");
+        let cli = Cli::try_parse_from(["contrail", "demo", "--speed", "max"]).unwrap();
+        let Command::Demo(d) = cli.command else { panic!() };
+        assert_eq!(d.source.simulator.speed, Speed::Max);
+        assert_eq!(d.source.simulator.aircraft, 300);
+        assert_eq!(d.pipeline.data_dir, PathBuf::from("data"));
+    }
+}

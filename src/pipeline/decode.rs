@@ -1,0 +1,139 @@
+//! JSON -> Arrow: a micro-batch of raw payloads becomes one `RecordBatch` with the raw
+//! schema plus `_seq` (the message's index in the micro-batch).
+//!
+//! The hot path feeds every payload to one arrow-json `Decoder` (no `serde_json::Value` per
+//! record). Only when that fails, or a payload does not hold exactly one object, does it
+//! decode the payloads one by one to find the bad ones; those come back as rejects with
+//! the decoder's message, and their neighbours are unaffected.
+
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::json::ReaderBuilder;
+
+use crate::bus::Message;
+use crate::error::Result;
+use crate::schema::{RAW_SCHEMA, SEQ_COLUMN};
+
+/// A decoded micro-batch.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Raw schema + `_seq`; rows in message order.
+    pub batch: RecordBatch,
+    /// (message index, decoder message) for every payload that did not decode.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// The raw schema with `_seq` appended: the `raw` table the SQL reads.
+pub fn raw_with_seq_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = RAW_SCHEMA.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SEQ_COLUMN, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+fn decode_all<'a>(payloads: impl Iterator<Item = &'a [u8]>, rows: usize) -> Result<Option<RecordBatch>, String> {
+    let mut decoder = ReaderBuilder::new(Arc::clone(&RAW_SCHEMA))
+        .with_batch_size(rows.max(1))
+        .with_strict_mode(true)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    for p in payloads {
+        let mut rest = p;
+        while !rest.is_empty() {
+            let read = decoder.decode(rest).map_err(|e| e.to_string())?;
+            if read == 0 {
+                // The batch is full: this payload held more than one object.
+                return Err("payload holds more than one JSON value".into());
+            }
+            rest = &rest[read..];
+        }
+    }
+    decoder.flush().map_err(|e| e.to_string())
+}
+
+/// Decodes the payloads of `messages`.
+pub fn decode(messages: &[Message]) -> Result<Decoded> {
+    let schema = raw_with_seq_schema();
+    let fast = decode_all(messages.iter().map(|m| m.payload.as_slice()), messages.len());
+    if let Ok(batch) = fast {
+        let rows = batch.as_ref().map_or(0, RecordBatch::num_rows);
+        if rows == messages.len() {
+            let seq: Vec<i64> = (0..rows as i64).collect();
+            return Ok(Decoded { batch: with_seq(&schema, batch, seq)?, rejected: Vec::new() });
+        }
+    }
+    // Slow path: one payload at a time.
+    let mut good = Vec::new();
+    let mut seq = Vec::new();
+    let mut rejected = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match decode_all(std::iter::once(m.payload.as_slice()), 1) {
+            Ok(Some(b)) if b.num_rows() == 1 => {
+                good.push(b);
+                seq.push(i as i64);
+            }
+            Ok(_) => rejected.push((i, "payload is not exactly one JSON object".to_string())),
+            Err(e) => rejected.push((i, e)),
+        }
+    }
+    let batch = concat_batches(&RAW_SCHEMA, &good)?;
+    Ok(Decoded { batch: with_seq(&schema, Some(batch), seq)?, rejected })
+}
+
+fn with_seq(schema: &SchemaRef, batch: Option<RecordBatch>, seq: Vec<i64>) -> Result<RecordBatch> {
+    let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&RAW_SCHEMA)));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(Int64Array::from(seq)));
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type};
+
+    fn msg(i: i64, payload: &str) -> Message {
+        Message { topic: "t".into(), partition: 0, offset: i, key: None, payload: payload.as_bytes().to_vec() }
+    }
+
+    const GOOD: &str = r#"{"timestamp":"2026-11-25T10:00:00Z","icao24":"abc123","callsign":"DLH1    ","origin_country":"Germany","latitude":50.0,"longitude":8,"velocity":200,"baro_altitude":null,"geo_altitude":null,"vertical_rate":null,"heading":90.5,"on_ground":false,"squawk":null,"spi":false,"position_source":0,"category":null,"sensors":[1,2],"last_contact":1795600800,"ingest_timestamp":"2026-11-25T10:00:01.5Z"}"#;
+
+    #[test]
+    fn decodes_a_clean_batch_in_one_pass() {
+        let msgs = vec![msg(0, GOOD), msg(1, GOOD)];
+        let d = decode(&msgs).unwrap();
+        assert!(d.rejected.is_empty());
+        assert_eq!(d.batch.num_rows(), 2);
+        let lon = d.batch.column_by_name("longitude").unwrap().as_primitive::<Float64Type>();
+        assert_eq!(lon.value(0), 8.0, "integer-valued floats decode");
+        let ts = d.batch.column_by_name("ingest_timestamp").unwrap();
+        assert_eq!(ts.data_type(), &crate::schema::timestamp_type());
+        let seq = d.batch.column_by_name(SEQ_COLUMN).unwrap().as_primitive::<Int64Type>();
+        assert_eq!(seq.values().to_vec(), vec![0, 1]);
+        assert_eq!(d.batch.column_by_name("sensors").unwrap().null_count(), 0);
+    }
+
+    #[test]
+    fn isolates_bad_payloads_and_keeps_neighbours() {
+        let msgs = vec![
+            msg(0, GOOD),
+            msg(1, "{\"timestamp\": tru"),
+            msg(2, GOOD),
+            msg(3, &GOOD.replace("\"velocity\":200", "\"velocity\":\"fast\"")),
+            msg(4, ""),
+            msg(5, &format!("{GOOD}{GOOD}")),
+            msg(6, &GOOD.replace("\"spi\":false,", "")),
+            msg(7, &GOOD.replace("\"spi\":false", "\"spi\":false,\"extra\":1")),
+            msg(8, GOOD),
+        ];
+        let d = decode(&msgs).unwrap();
+        let seq = d.batch.column_by_name(SEQ_COLUMN).unwrap().as_primitive::<Int64Type>();
+        assert_eq!(seq.values().to_vec(), vec![0, 2, 8]);
+        let rejected: Vec<usize> = d.rejected.iter().map(|(i, _)| *i).collect();
+        assert_eq!(rejected, vec![1, 3, 4, 5, 6, 7]);
+        assert!(d.rejected.iter().all(|(_, m)| !m.is_empty()));
+    }
+}

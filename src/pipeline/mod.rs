@@ -1,0 +1,198 @@
+//! The process stage: micro-batch -> Arrow -> `clean.sql` -> `features.sql` ->
+//! `flight-processed-data` + the Parquet archive, committed with the batch's offsets.
+//!
+//! Nothing that enters leaves unaccounted: a payload that does not decode, or a row that
+//! `clean.sql` filters out, becomes a dead letter with its original bytes; every other
+//! record becomes exactly one processed record.
+
+pub mod continuity;
+pub mod decode;
+pub mod encode;
+pub mod sql;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
+use arrow::datatypes::{Field, Schema};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::ArchiveWriter;
+use crate::bus::{BatchConsumer, Message, OutRecord};
+use crate::clock::SharedClock;
+use crate::dead_letter::DeadLetter;
+use crate::error::{Error, Result};
+use crate::schema::{PROCESSING_TIMESTAMP, SEQ_COLUMN, timestamp_type};
+use continuity::Continuity;
+use sql::{SqlPipeline, SqlVars, seq_values};
+
+/// Settings of the process stage.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    pub sql_dir: PathBuf,
+    pub grid_cell_deg: f64,
+    pub processed_topic: String,
+    pub dead_letter_topic: String,
+    /// Root of the Parquet archive; `None` archives nothing.
+    pub archive_dir: Option<PathBuf>,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+}
+
+/// Counters of the process stage.
+#[derive(Debug, Default)]
+pub struct ProcessStats {
+    pub consumed: AtomicU64,
+    pub processed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    pub archive_files: AtomicU64,
+}
+
+/// Turns micro-batches into output records; holds the per-aircraft state.
+#[derive(Debug)]
+pub struct Processor {
+    config: ProcessConfig,
+    sql: SqlPipeline,
+    continuity: Continuity,
+    archive: Option<ArchiveWriter>,
+    clock: SharedClock,
+    stats: Arc<ProcessStats>,
+}
+
+impl Processor {
+    pub async fn new(config: ProcessConfig, clock: SharedClock, stats: Arc<ProcessStats>) -> Result<Self> {
+        if !(config.grid_cell_deg > 0.0 && config.grid_cell_deg <= 180.0) {
+            return Err(Error::Config(format!("--grid-cell-deg {} must be in (0, 180]", config.grid_cell_deg)));
+        }
+        let vars: SqlVars = [("grid_cell_deg".to_string(), format!("{:?}", config.grid_cell_deg))].into();
+        let sql = SqlPipeline::load(&config.sql_dir, &vars).await?;
+        let archive = config.archive_dir.as_deref().map(|root| ArchiveWriter::new(root, "processed"));
+        Ok(Self { config, sql, continuity: Continuity::default(), archive, clock, stats })
+    }
+
+    pub fn archive_dir(&self) -> Option<&std::path::Path> {
+        self.archive.as_ref().map(ArchiveWriter::dir)
+    }
+
+    /// Processes one micro-batch; returns the records to publish with its commit. The
+    /// Parquet files are written (and durable) before this returns.
+    pub async fn process(&mut self, messages: &[Message]) -> Result<Vec<OutRecord>> {
+        let now = self.clock.now();
+        let mut out = Vec::with_capacity(messages.len());
+        let dead = |i: usize, reason: &str, message: String, out: &mut Vec<OutRecord>| {
+            let m = &messages[i];
+            let dl = DeadLetter::new("process", reason, message, &m.payload, now).with_source(&m.topic, m.partition, m.offset);
+            out.push(OutRecord::new(&self.config.dead_letter_topic, m.key.clone(), dl.to_json()));
+        };
+
+        let decoded = decode::decode(messages)?;
+        for (i, message) in decoded.rejected {
+            dead(i, "decode_error", message, &mut out);
+        }
+        let decoded_seq = seq_values(&decoded.batch);
+        let icao24 = decoded.batch.column_by_name("icao24").map(|c| c.as_string::<i32>().clone());
+        let previous = self.continuity.previous_table(&icao24.unwrap_or_else(|| vec![None::<&str>; 0].into()))?;
+        let result = self.sql.run(decoded.batch, previous).await?;
+
+        let kept: HashSet<i64> = result.kept.iter().copied().collect();
+        for seq in decoded_seq.into_iter().filter(|s| !kept.contains(s)) {
+            dead(seq as usize, "filtered_by_clean_sql", "row removed by clean.sql".into(), &mut out);
+        }
+        let dead_count = out.len() as u64;
+
+        // Arrival order, as the bus delivered them; window functions may have reordered.
+        let features = &result.features;
+        let order = sort_to_indices(features.column_by_name(SEQ_COLUMN).expect("checked by sql"), None, None)?;
+        let features = take_record_batch(features, &order)?;
+        self.continuity.update(&features)?;
+        let seq = seq_values(&features);
+        let processed = finish(&features, now.timestamp_micros())?;
+
+        for (row, key) in encode::to_json_rows(&processed)?.into_iter().zip(keys(&processed)) {
+            out.push(OutRecord::new(&self.config.processed_topic, key, row));
+        }
+        if let Some(archive) = &self.archive {
+            let files = archive_by_partition(archive, &processed, &seq, messages)?;
+            self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
+        }
+        self.stats.consumed.fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.stats.processed.fetch_add(processed.num_rows() as u64, Ordering::Relaxed);
+        self.stats.dead_lettered.fetch_add(dead_count, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
+    }
+}
+
+/// Drops `_seq` and appends `processing_timestamp`.
+fn finish(features: &RecordBatch, now_us: i64) -> Result<RecordBatch> {
+    let schema = features.schema();
+    let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(features.columns()) {
+        if field.name() != SEQ_COLUMN {
+            fields.push(field.as_ref().clone());
+            columns.push(Arc::clone(column));
+        }
+    }
+    fields.push(Field::new(PROCESSING_TIMESTAMP, timestamp_type(), false));
+    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![now_us; features.num_rows()]).with_timezone("UTC")));
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+}
+
+fn keys(batch: &RecordBatch) -> Vec<Option<Vec<u8>>> {
+    let ids = batch.column_by_name("icao24").expect("contract column").as_string::<i32>();
+    ids.iter().map(|s| s.map(|s| s.as_bytes().to_vec())).collect()
+}
+
+/// One archive write per source partition, named by that partition's offset range in the
+/// micro-batch. Returns the number of files written.
+fn archive_by_partition(archive: &ArchiveWriter, batch: &RecordBatch, seq: &[i64], messages: &[Message]) -> Result<u64> {
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for m in messages {
+        let r = ranges.entry(m.partition).or_insert((m.offset, m.offset));
+        r.0 = r.0.min(m.offset);
+        r.1 = r.1.max(m.offset);
+    }
+    let single = ranges.len() == 1;
+    let mut files = 0;
+    for (partition, (first, last)) in ranges {
+        let part = if single {
+            batch.clone()
+        } else {
+            let mask: BooleanArray = seq.iter().map(|s| Some(messages[*s as usize].partition == partition)).collect();
+            filter_record_batch(batch, &mask)?
+        };
+        if part.num_rows() > 0 {
+            files += archive.write(&part, partition, first, last)?.len() as u64;
+        }
+    }
+    Ok(files)
+}
+
+/// Runs the process stage until the bus ends or `shutdown` fires. A batch in progress is
+/// always finished and committed; shutdown only interrupts the wait for the next one.
+pub async fn run_process(
+    processor: &mut Processor,
+    consumer: &mut dyn BatchConsumer,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (max_records, max_wait) = (processor.config.batch_max_records, processor.config.batch_max_wait);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            batch = consumer.next_batch(max_records, max_wait) => batch?,
+        };
+        let Some(messages) = batch else { return Ok(()) };
+        if messages.is_empty() {
+            continue;
+        }
+        let outputs = processor.process(&messages).await?;
+        consumer.commit(outputs).await?;
+    }
+}

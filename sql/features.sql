@@ -82,8 +82,9 @@ SELECT
     cos(2 * pi() * hour / 24.0)        AS hour_cos,
     sin(2 * pi() * day_of_week / 7.0)  AS day_of_week_sin,
     cos(2 * pi() * day_of_week / 7.0)  AS day_of_week_cos,
-    CAST(floor((longitude + 180) / ${grid_cell_deg}) AS INT) AS grid_x,
-    CAST(floor((latitude + 90) / ${grid_cell_deg}) AS INT)   AS grid_y,
+    -- Cell indices from 0 at (-180, -90); the east and north edges belong to the last cell.
+    CAST(least(floor((longitude + 180) / ${grid_cell_deg}), ceil(360 / ${grid_cell_deg}) - 1) AS INT) AS grid_x,
+    CAST(least(floor((latitude + 90) / ${grid_cell_deg}), ceil(180 / ${grid_cell_deg}) - 1) AS INT)   AS grid_y,
     (velocity_knots - s.velocity_mean) / s.velocity_std      AS velocity_anomaly,
     (altitude_ft - s.altitude_mean) / s.altitude_std         AS altitude_anomaly,
     seconds_since_previous,

@@ -78,6 +78,8 @@ fn substitute(path: &Path, text: &str, vars: &SqlVars) -> Result<String> {
 pub struct SqlOutput {
     /// `_seq` of every row `clean.sql` kept.
     pub kept: Vec<i64>,
+    /// The output of `clean.sql`.
+    pub clean: RecordBatch,
     /// The output of `features.sql`, in whatever order DataFusion produced it.
     pub features: RecordBatch,
 }
@@ -158,7 +160,7 @@ impl SqlPipeline {
         let kept = seq_values(&clean);
         let clean_rows = clean.num_rows();
 
-        self.ctx.register_batch("clean", clean)?;
+        self.ctx.register_batch("clean", clean.clone())?;
         self.ctx.register_batch("previous", previous)?;
         let features = self.query(&self.features).await;
         self.ctx.deregister_table("clean")?;
@@ -170,7 +172,7 @@ impl SqlPipeline {
                 features.num_rows()
             )));
         }
-        Ok(SqlOutput { kept, features })
+        Ok(SqlOutput { kept, clean, features })
     }
 }
 

@@ -1,0 +1,101 @@
+//! Golden tests of the shipped SQL files: a fixture micro-batch goes through `sql/clean.sql`
+//! and `sql/features.sql`; each output is compared, one JSON object per row, with
+//! `tests/golden/<file>.jsonl`. A change to the SQL shows up as a reviewed diff of those
+//! files: regenerate them with `CONTRAIL_BLESS=1 cargo test --test sql_golden`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{sort_to_indices, take_record_batch};
+use arrow::json::ReaderBuilder;
+use contrail::bus::Message;
+use contrail::pipeline::continuity::PREVIOUS_SCHEMA;
+use contrail::pipeline::decode::decode;
+use contrail::pipeline::encode::to_json_rows;
+use contrail::pipeline::sql::{SqlPipeline, SqlVars};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(root().join("tests/fixtures/sql").join(name)).unwrap()
+}
+
+fn raw_batch() -> RecordBatch {
+    let messages: Vec<Message> = fixture("raw.jsonl")
+        .lines()
+        .enumerate()
+        .map(|(i, l)| Message { topic: "raw".into(), partition: 0, offset: i as i64, key: None, payload: l.as_bytes().to_vec() })
+        .collect();
+    let decoded = decode(&messages).unwrap();
+    assert!(decoded.rejected.is_empty(), "fixture rows must decode: {:?}", decoded.rejected);
+    decoded.batch
+}
+
+fn previous_batch() -> RecordBatch {
+    let text = fixture("previous.jsonl");
+    let mut reader = ReaderBuilder::new(Arc::clone(&PREVIOUS_SCHEMA)).build(text.as_bytes()).unwrap();
+    reader.next().unwrap().unwrap()
+}
+
+fn sorted_by_seq(batch: &RecordBatch) -> RecordBatch {
+    let idx = sort_to_indices(batch.column_by_name("_seq").unwrap(), None, None).unwrap();
+    take_record_batch(batch, &idx).unwrap()
+}
+
+fn check_golden(name: &str, batch: &RecordBatch) {
+    let rows = to_json_rows(&sorted_by_seq(batch)).unwrap();
+    let mut actual = String::new();
+    for r in rows {
+        actual.push_str(std::str::from_utf8(&r).unwrap());
+        actual.push('\n');
+    }
+    let path = root().join("tests/golden").join(name);
+    if std::env::var_os("CONTRAIL_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (CONTRAIL_BLESS=1 creates it)", path.display()));
+    if expected != actual {
+        for (i, (e, a)) in expected.lines().zip(actual.lines()).enumerate() {
+            if e != a {
+                panic!("{name} row {i} differs\nexpected: {e}\nactual:   {a}");
+            }
+        }
+        panic!("{name}: {} expected rows, {} actual", expected.lines().count(), actual.lines().count());
+    }
+}
+
+async fn run() -> contrail::pipeline::sql::SqlOutput {
+    let vars: SqlVars = [("grid_cell_deg".to_string(), "1.0".to_string())].into();
+    let sql = SqlPipeline::load(&root().join("sql"), &vars).await.unwrap();
+    sql.run(raw_batch(), previous_batch()).await.unwrap()
+}
+
+#[tokio::test]
+async fn clean_sql_golden() {
+    let out = run().await;
+    // Rows 8 (latitude 91) and 10 (negative velocity) are filtered; the pipeline
+    // dead-letters them.
+    assert_eq!(out.kept, vec![0, 1, 2, 3, 4, 5, 6, 7, 9]);
+    check_golden("clean.jsonl", &out.clean);
+}
+
+#[tokio::test]
+async fn features_sql_golden() {
+    let out = run().await;
+    check_golden("features.jsonl", &out.features);
+}
+
+#[test]
+fn golden_files_are_reviewed_text() {
+    // Guard against an empty golden file passing by accident.
+    for name in ["clean.jsonl", "features.jsonl"] {
+        let p: &Path = &root().join("tests/golden").join(name);
+        let text = std::fs::read_to_string(p).unwrap();
+        assert_eq!(text.lines().count(), 9, "{name}");
+    }
+}

@@ -161,7 +161,7 @@ impl KafkaBatchConsumer {
 
         let producer: FutureProducer = producer_config(&config.bootstrap)
             .set("transactional.id", &config.transactional_id)
-            .set("transaction.timeout.ms", "60000")
+            .set("transaction.timeout.ms", "120000")
             .create()
             .map_err(|e| Error::kafka("creating transactional producer", e))?;
         let p = producer.clone();

@@ -1,0 +1,219 @@
+//! End to end through a real Apache Kafka broker, with the `contrail` binary:
+//! topics create -> ingest (50k simulator records) -> process -> read `flight-processed-data`
+//! and `flight-dead-letter` as a `read_committed` consumer, and open the archive with
+//! DuckDB and pyarrow.
+//!
+//! Needs a broker (`KAFKA_BOOTSTRAP`, default 127.0.0.1:9092) and `CONTRAIL_PYTHON` (a Python
+//! with duckdb and pyarrow); `scripts/test` provides both and runs the ignored tests.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+use contrail::dead_letter::DeadLetter;
+use contrail::ingest::simulator::{Emitted, Simulator, SimulatorConfig};
+use contrail::ingest::validate::{Dedupe, validate};
+use contrail::schema::processed_contract_columns;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+
+const RECORDS: usize = 50_000;
+const SEED: u64 = 21;
+const START: &str = "2026-11-25T08:00:00Z";
+const INVALID_RATE: f64 = 0.01;
+
+fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Runs the binary; fails the test on a non-zero exit or after `limit`.
+fn contrail(args: &[&str], limit: Duration) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_contrail"))
+        .args(args)
+        .env("CONTRAIL_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+            assert!(status.success(), "contrail {args:?} failed: {status}\n{out}");
+            return out;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("contrail {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What ingest must publish: the simulator's first RECORDS records through validation and
+/// dedupe, computed here independently of the binary.
+fn expected() -> (Vec<(String, i64)>, usize) {
+    let mut sim = Simulator::new(SimulatorConfig {
+        seed: SEED,
+        aircraft: 300,
+        anomaly_rate: 0.002,
+        invalid_rate: INVALID_RATE,
+        report_interval_s: 5.0,
+        start: DateTime::parse_from_rfc3339(START).unwrap().to_utc(),
+    });
+    let mut emitted = Vec::new();
+    while emitted.len() < RECORDS {
+        emitted.extend(sim.tick());
+    }
+    emitted.truncate(RECORDS);
+    let (mut valid, mut invalid, mut dedupe) = (Vec::new(), 0, Dedupe::default());
+    for e in emitted {
+        match validate(&e.to_bytes()) {
+            Ok(r) if !dedupe.is_repeat(&r.icao24, r.last_contact) => valid.push((r.icao24, r.last_contact)),
+            Ok(_) => {}
+            Err(_) => invalid += 1,
+        }
+        assert!(!matches!(e, Emitted::Invalid(_)) || validate(&e.to_bytes()).is_err());
+    }
+    (valid, invalid)
+}
+
+/// Reads `topic` from the start as `read_committed` until `want` records arrived, then
+/// keeps listening a little longer so that duplicates would show.
+async fn read_topic(topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut quiet_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now > deadline || quiet_until.is_some_and(|q| now > q) {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+            Ok(Ok(m)) => out.push(m.detach()),
+            Ok(Err(e)) => panic!("reading {topic}: {e}"),
+            Err(_) => {}
+        }
+        if out.len() >= want && quiet_until.is_none() {
+            quiet_until = Some(Instant::now() + Duration::from_secs(3));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs Apache Kafka and CONTRAIL_PYTHON: run scripts/test"]
+async fn simulator_through_kafka_exactly_once_with_archive() {
+    let python = std::env::var("CONTRAIL_PYTHON")
+        .expect("CONTRAIL_PYTHON must point at a Python with duckdb and pyarrow (scripts/test sets it)");
+    let bootstrap = bootstrap();
+    let sfx = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let t = |name: &str| format!("{name}-{sfx}");
+    let (raw, processed, dlq) = (t("raw"), t("processed"), t("dead-letter"));
+    let topic_flags = vec![
+        "--kafka-bootstrap".to_string(), bootstrap.clone(),
+        "--topic-raw".into(), raw.clone(),
+        "--topic-processed".into(), processed.clone(),
+        "--topic-dead-letter".into(), dlq.clone(),
+        "--topic-aggregated".into(), t("agg"),
+        "--topic-aircraft-aggregates".into(), t("aircraft-agg"),
+        "--topic-window-state".into(), t("state"),
+    ];
+    let with = |cmd: &[&str], extra: &[String]| -> Vec<String> {
+        cmd.iter().map(|s| s.to_string()).chain(topic_flags.iter().cloned()).chain(extra.iter().cloned()).collect()
+    };
+    let run = |args: Vec<String>, secs: u64| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        contrail(&refs, Duration::from_secs(secs))
+    };
+
+    // Topics: created once, harmless the second time.
+    let first = run(with(&["topics", "create"], &["--partitions".into(), "3".into()]), 60);
+    assert_eq!(first.matches(": created").count(), 6, "{first}");
+    let second = run(with(&["topics", "create"], &["--partitions".into(), "3".into()]), 60);
+    assert_eq!(second.matches(": exists").count(), 6, "{second}");
+
+    let (valid, invalid) = expected();
+    assert!(invalid > 100, "the run must exercise the dead-letter path ({invalid})");
+
+    run(
+        with(&["ingest"], &[
+            "--seed".into(), SEED.to_string(),
+            "--start-time".into(), START.into(),
+            "--speed".into(), "max".into(),
+            "--max-records".into(), RECORDS.to_string(),
+            "--invalid-rate".into(), INVALID_RATE.to_string(),
+        ]),
+        300,
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    run(
+        with(&["process"], &[
+            "--group-id".into(), t("group"),
+            "--data-dir".into(), data.path().display().to_string(),
+            "--batch-max-records".into(), "5000".into(),
+            "--batch-max-wait-ms".into(), "300".into(),
+            "--stop-after".into(), valid.len().to_string(),
+            "--sql-dir".into(), Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").display().to_string(),
+        ]),
+        600,
+    );
+
+    // Every valid record exactly once, with the contract's columns and key.
+    let out = read_topic(&processed, valid.len()).await;
+    let contract: Vec<String> = processed_contract_columns();
+    let mut seen: HashMap<(String, i64), usize> = HashMap::new();
+    for m in &out {
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let obj = v.as_object().unwrap();
+        let mut keys: Vec<&String> = obj.keys().collect();
+        keys.sort();
+        let mut want: Vec<&String> = contract.iter().collect();
+        want.sort();
+        assert_eq!(keys, want, "processed record columns");
+        let icao = v["icao24"].as_str().unwrap().to_string();
+        assert_eq!(m.key(), Some(icao.as_bytes()));
+        *seen.entry((icao, v["last_contact"].as_i64().unwrap())).or_default() += 1;
+    }
+    let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicates on {processed}: {:?}", &dupes[..dupes.len().min(5)]);
+    assert_eq!(out.len(), valid.len(), "processed count");
+    for v in &valid {
+        assert!(seen.contains_key(v), "missing {v:?}");
+    }
+
+    // Every invalid record in the dead-letter topic, with its reason and original bytes.
+    let dead = read_topic(&dlq, invalid).await;
+    assert_eq!(dead.len(), invalid, "dead-letter count");
+    for m in &dead {
+        let d: DeadLetter = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(d.stage, "ingest");
+        assert!(!d.reason.is_empty() && !d.message.is_empty());
+        assert!(validate(&d.original_payload()).is_err());
+    }
+
+    // The archive, as DuckDB and pyarrow see it.
+    let columns = contract.join(",");
+    let status = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_archive.py"))
+        .arg(data.path().join("processed"))
+        .arg(valid.len().to_string())
+        .arg(&columns)
+        .status()
+        .expect("running the Python archive check");
+    assert!(status.success(), "the Python archive check failed");
+}

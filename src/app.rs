@@ -258,20 +258,24 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!(%bootstrap, group = %args.group_id, topic = %args.topics.topic_raw, "processing");
     let stop = CancellationToken::new();
-    let started = Instant::now();
+    // Throughput counts from the first record, not from start-up and the group join.
+    let started = std::sync::OnceLock::new();
     let run = run_process(&mut processor, &mut consumer as &mut dyn BatchConsumer, stop.clone());
     let watch = async {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_log = Instant::now();
         loop {
             tick.tick().await;
+            if stats.consumed.load(Ordering::Relaxed) > 0 {
+                started.get_or_init(Instant::now);
+            }
             if args.stop_after.is_some_and(|n| stats.consumed.load(Ordering::Relaxed) >= n) {
                 tracing::info!("--stop-after reached");
                 stop.cancel();
             }
             if last_log.elapsed().as_secs_f64() >= args.status_interval {
                 last_log = Instant::now();
-                log_process(&stats, started);
+                log_process(&stats, started.get());
             }
         }
     };
@@ -286,13 +290,13 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
         () = watch => {}
         () = signal => {}
     }
-    log_process(&stats, started);
+    log_process(&stats, started.get());
     Ok(())
 }
 
-fn log_process(stats: &ProcessStats, started: Instant) {
+fn log_process(stats: &ProcessStats, started: Option<&Instant>) {
     let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
+    let secs = started.map_or(f64::INFINITY, |s| s.elapsed().as_secs_f64());
     tracing::info!(
         consumed = l(&stats.consumed),
         processed = l(&stats.processed),

@@ -10,11 +10,16 @@ use anyhow::Context as _;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::kafka::{KafkaBatchConsumer, KafkaConsumerConfig, KafkaPublisher, TopicSpec, create_topics};
+use crate::bus::kafka::{
+    KafkaBatchConsumer, KafkaConsumerConfig, KafkaPublisher, TopicSpec, create_topics,
+};
 use crate::bus::memory::MemoryBus;
 use crate::bus::{BatchConsumer, Publisher};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Cli, Command, DemoArgs, IngestArgs, PipelineArgs, ProcessArgs, SourceArgs, SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs};
+use crate::config::{
+    Cli, Command, DemoArgs, IngestArgs, PipelineArgs, ProcessArgs, SourceArgs, SourceKind,
+    TopicArgs, TopicsCommand, TopicsCreateArgs,
+};
 use crate::dead_letter::DeadLetter;
 use crate::ingest::simulator::SimulatorConfig;
 use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, run_ingest};
@@ -25,7 +30,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::Process(args) => process(args).await,
-        Command::Topics { action: TopicsCommand::Create(args) } => topics_create(args).await,
+        Command::Topics {
+            action: TopicsCommand::Create(args),
+        } => topics_create(args).await,
     }
 }
 
@@ -42,7 +49,12 @@ fn build_source(args: &SourceArgs) -> anyhow::Result<Box<dyn Source>> {
                 report_interval_s: s.report_interval,
                 start,
             };
-            Ok(Box::new(SimulatorSource::new(config, s.speed, s.max_records, s.labels_out.clone())?))
+            Ok(Box::new(SimulatorSource::new(
+                config,
+                s.speed,
+                s.max_records,
+                s.labels_out.clone(),
+            )?))
         }
     }
 }
@@ -91,7 +103,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let dead_letters = bus.subscribe(&topics.topic_dead_letter);
 
     let process_stats = Arc::new(ProcessStats::default());
-    let mut processor = Processor::new(process_config(&args.pipeline, &topics), Arc::clone(&clock), Arc::clone(&process_stats)).await?;
+    let mut processor = Processor::new(
+        process_config(&args.pipeline, &topics),
+        Arc::clone(&clock),
+        Arc::clone(&process_stats),
+    )
+    .await?;
     let dl_path = args.pipeline.data_dir.join("dead-letter.jsonl");
     if let Some(dir) = processor.archive_dir() {
         println!("archive: {}", absolute(dir).display());
@@ -100,11 +117,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let mut source = build_source(&args.source)?;
     let ingest_stats = Arc::new(IngestStats::default());
-    let ingest_topics = IngestTopics { raw: topics.topic_raw.clone(), dead_letter: topics.topic_dead_letter.clone() };
+    let ingest_topics = IngestTopics {
+        raw: topics.topic_raw.clone(),
+        dead_letter: topics.topic_dead_letter.clone(),
+    };
     let stop_source = CancellationToken::new();
     let ingest_task = {
-        let (bus, stats, clock, stop) = (bus.clone(), Arc::clone(&ingest_stats), Arc::clone(&clock), stop_source.clone());
-        tokio::spawn(async move { run_ingest(source.as_mut(), &bus, &ingest_topics, clock, stats, stop).await })
+        let (bus, stats, clock, stop) = (
+            bus.clone(),
+            Arc::clone(&ingest_stats),
+            Arc::clone(&clock),
+            stop_source.clone(),
+        );
+        tokio::spawn(async move {
+            run_ingest(source.as_mut(), &bus, &ingest_topics, clock, stats, stop).await
+        })
     };
     let process_task = tokio::spawn(async move {
         let result = run_process(&mut processor, &mut raw, CancellationToken::new()).await;
@@ -144,7 +171,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     drop(processor);
     bus.close(&topics.topic_dead_letter);
     sink_task.await.context("dead-letter sink")??;
-    let rate = process_stats.processed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let rate =
+        process_stats.processed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     println!("done: {}", status_line(&ingest_stats, &process_stats, rate));
     println!(
         "archive: {} Parquet files under {}",
@@ -173,9 +201,14 @@ fn absolute(p: &Path) -> std::path::PathBuf {
 }
 
 /// Appends dead letters to a JSON-lines file until the topic ends.
-async fn dead_letter_sink(mut consumer: crate::bus::memory::MemoryConsumer, path: std::path::PathBuf) -> crate::error::Result<()> {
+async fn dead_letter_sink(
+    mut consumer: crate::bus::memory::MemoryConsumer,
+    path: std::path::PathBuf,
+) -> crate::error::Result<()> {
     if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(|e| crate::error::Error::io("creating data folder", dir, e))?;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| crate::error::Error::io("creating data folder", dir, e))?;
     }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -183,16 +216,25 @@ async fn dead_letter_sink(mut consumer: crate::bus::memory::MemoryConsumer, path
         .open(&path)
         .await
         .map_err(|e| crate::error::Error::io("opening dead-letter file", &path, e))?;
-    while let Some(batch) = consumer.next_batch(10_000, Duration::from_millis(500)).await? {
+    while let Some(batch) = consumer
+        .next_batch(10_000, Duration::from_millis(500))
+        .await?
+    {
         for m in &batch {
             // Payloads are DeadLetter JSON already; check, so the file only holds that.
             debug_assert!(serde_json::from_slice::<DeadLetter>(&m.payload).is_ok());
-            file.write_all(&m.payload).await.map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
-            file.write_all(b"\n").await.map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
+            file.write_all(&m.payload)
+                .await
+                .map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
+            file.write_all(b"\n")
+                .await
+                .map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
         }
         consumer.commit(Vec::new()).await?;
     }
-    file.flush().await.map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
+    file.flush()
+        .await
+        .map_err(|e| crate::error::Error::io("writing dead letters", &path, e))?;
     Ok(())
 }
 
@@ -202,10 +244,20 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let publisher = KafkaPublisher::new(&bootstrap)?;
     let mut source = build_source(&args.source)?;
     let stats = Arc::new(IngestStats::default());
-    let topics = IngestTopics { raw: args.topics.topic_raw.clone(), dead_letter: args.topics.topic_dead_letter.clone() };
+    let topics = IngestTopics {
+        raw: args.topics.topic_raw.clone(),
+        dead_letter: args.topics.topic_dead_letter.clone(),
+    };
     let stop = CancellationToken::new();
     tracing::info!(%bootstrap, topic = %topics.raw, "ingesting");
-    let run = run_ingest(source.as_mut(), &publisher as &dyn Publisher, &topics, Arc::new(SystemClock), Arc::clone(&stats), stop.clone());
+    let run = run_ingest(
+        source.as_mut(),
+        &publisher as &dyn Publisher,
+        &topics,
+        Arc::new(SystemClock),
+        Arc::clone(&stats),
+        stop.clone(),
+    );
     let report = async {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(args.status_interval));
         tick.tick().await;
@@ -244,11 +296,20 @@ fn log_ingest(stats: &IngestStats) {
 async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let bootstrap = args.kafka.bootstrap();
     let stats = Arc::new(ProcessStats::default());
-    let mut processor = Processor::new(process_config(&args.pipeline, &args.topics), Arc::new(SystemClock), Arc::clone(&stats)).await?;
-    let transactional_id = args
-        .transactional_id
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}-{}", args.group_id, std::process::id(), crate::clock::Clock::now_micros(&SystemClock)));
+    let mut processor = Processor::new(
+        process_config(&args.pipeline, &args.topics),
+        Arc::new(SystemClock),
+        Arc::clone(&stats),
+    )
+    .await?;
+    let transactional_id = args.transactional_id.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}-{}",
+            args.group_id,
+            std::process::id(),
+            crate::clock::Clock::now_micros(&SystemClock)
+        )
+    });
     let mut consumer = KafkaBatchConsumer::new(&KafkaConsumerConfig {
         bootstrap: bootstrap.clone(),
         group_id: args.group_id.clone(),
@@ -260,7 +321,11 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     // Throughput counts from the first record, not from start-up and the group join.
     let started = std::sync::OnceLock::new();
-    let run = run_process(&mut processor, &mut consumer as &mut dyn BatchConsumer, stop.clone());
+    let run = run_process(
+        &mut processor,
+        &mut consumer as &mut dyn BatchConsumer,
+        stop.clone(),
+    );
     let watch = async {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_log = Instant::now();
@@ -269,7 +334,10 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
             if stats.consumed.load(Ordering::Relaxed) > 0 {
                 started.get_or_init(Instant::now);
             }
-            if args.stop_after.is_some_and(|n| stats.consumed.load(Ordering::Relaxed) >= n) {
+            if args
+                .stop_after
+                .is_some_and(|n| stats.consumed.load(Ordering::Relaxed) >= n)
+            {
                 tracing::info!("--stop-after reached");
                 stop.cancel();
             }
@@ -311,21 +379,32 @@ fn log_process(stats: &ProcessStats, started: Option<&Instant>) {
 /// `contrail topics create`.
 async fn topics_create(args: TopicsCreateArgs) -> anyhow::Result<()> {
     let t = &args.topics;
-    let keyed = |name: &String| TopicSpec { name: name.clone(), partitions: args.partitions, compacted: false };
+    let keyed = |name: &String| TopicSpec {
+        name: name.clone(),
+        partitions: args.partitions,
+        compacted: false,
+    };
     let specs = vec![
         keyed(&t.topic_raw),
         keyed(&t.topic_processed),
         keyed(&t.topic_dead_letter),
         keyed(&t.topic_aggregated),
         keyed(&t.topic_aircraft_aggregates),
-        TopicSpec { name: t.topic_window_state.clone(), partitions: args.partitions, compacted: true },
+        TopicSpec {
+            name: t.topic_window_state.clone(),
+            partitions: args.partitions,
+            compacted: true,
+        },
     ];
     let bootstrap = args.kafka.bootstrap();
     for (name, outcome) in create_topics(&bootstrap, &specs, args.replication_factor).await? {
-        println!("{name}: {}", match outcome {
-            crate::bus::kafka::TopicOutcome::Created => "created",
-            crate::bus::kafka::TopicOutcome::AlreadyExisted => "exists",
-        });
+        println!(
+            "{name}: {}",
+            match outcome {
+                crate::bus::kafka::TopicOutcome::Created => "created",
+                crate::bus::kafka::TopicOutcome::AlreadyExisted => "exists",
+            }
+        );
     }
     Ok(())
 }

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::ingest::Speed;
 
 #[derive(Debug, Parser)]
-#[command(name = "contrail", version, about = "Real-time flight-data analytics: OpenSky -> Kafka -> Arrow/DataFusion -> Kafka + Parquet")]
+#[command(
+    name = "contrail",
+    version,
+    about = "Real-time flight-data analytics: OpenSky -> Kafka -> Arrow/DataFusion -> Kafka + Parquet"
+)]
 pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `contrail=debug,rdkafka=warn`.
     #[arg(long, env = "CONTRAIL_LOG", default_value = "info", global = true)]
@@ -53,7 +57,11 @@ impl KafkaArgs {
     pub fn bootstrap(&self) -> String {
         self.bootstrap
             .clone()
-            .or_else(|| std::env::var("KAFKA_BOOTSTRAP").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("KAFKA_BOOTSTRAP")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .unwrap_or_else(|| "127.0.0.1:9092".to_string())
     }
 }
@@ -64,19 +72,39 @@ pub struct TopicArgs {
     #[arg(long, env = "CONTRAIL_TOPIC_RAW", default_value = "flight-raw-data")]
     pub topic_raw: String,
     /// Processed records with features (key icao24).
-    #[arg(long, env = "CONTRAIL_TOPIC_PROCESSED", default_value = "flight-processed-data")]
+    #[arg(
+        long,
+        env = "CONTRAIL_TOPIC_PROCESSED",
+        default_value = "flight-processed-data"
+    )]
     pub topic_processed: String,
     /// Global 10-minute window aggregates (key window start).
-    #[arg(long, env = "CONTRAIL_TOPIC_AGGREGATED", default_value = "flight-aggregated-data")]
+    #[arg(
+        long,
+        env = "CONTRAIL_TOPIC_AGGREGATED",
+        default_value = "flight-aggregated-data"
+    )]
     pub topic_aggregated: String,
     /// Per-aircraft window aggregates (key window start).
-    #[arg(long, env = "CONTRAIL_TOPIC_AIRCRAFT_AGGREGATES", default_value = "flight-aircraft-aggregates")]
+    #[arg(
+        long,
+        env = "CONTRAIL_TOPIC_AIRCRAFT_AGGREGATES",
+        default_value = "flight-aircraft-aggregates"
+    )]
     pub topic_aircraft_aggregates: String,
     /// Records refused by a stage, with a reason code.
-    #[arg(long, env = "CONTRAIL_TOPIC_DEAD_LETTER", default_value = "flight-dead-letter")]
+    #[arg(
+        long,
+        env = "CONTRAIL_TOPIC_DEAD_LETTER",
+        default_value = "flight-dead-letter"
+    )]
     pub topic_dead_letter: String,
     /// Window-state changelog (compacted).
-    #[arg(long, env = "CONTRAIL_TOPIC_WINDOW_STATE", default_value = "contrail-window-state")]
+    #[arg(
+        long,
+        env = "CONTRAIL_TOPIC_WINDOW_STATE",
+        default_value = "contrail-window-state"
+    )]
     pub topic_window_state: String,
 }
 
@@ -251,13 +279,28 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         for (args, flag) in [
-            (vec!["contrail", "demo", "--anomaly-rate", "2"], "--anomaly-rate"),
+            (
+                vec!["contrail", "demo", "--anomaly-rate", "2"],
+                "--anomaly-rate",
+            ),
             (vec!["contrail", "demo", "--speed", "fast"], "--speed"),
             (vec!["contrail", "demo", "--aircraft", "0"], "--aircraft"),
-            (vec!["contrail", "demo", "--grid-cell-deg=-1"], "--grid-cell-deg"),
-            (vec!["contrail", "demo", "--start-time", "yesterday"], "--start-time"),
-            (vec!["contrail", "process", "--batch-max-records", "0"], "--batch-max-records"),
-            (vec!["contrail", "topics", "create", "--partitions", "x"], "--partitions"),
+            (
+                vec!["contrail", "demo", "--grid-cell-deg=-1"],
+                "--grid-cell-deg",
+            ),
+            (
+                vec!["contrail", "demo", "--start-time", "yesterday"],
+                "--start-time",
+            ),
+            (
+                vec!["contrail", "process", "--batch-max-records", "0"],
+                "--batch-max-records",
+            ),
+            (
+                vec!["contrail", "topics", "create", "--partitions", "x"],
+                "--partitions",
+            ),
         ] {
             let e = Cli::try_parse_from(&args).unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
@@ -267,12 +310,19 @@ mod tests {
     #[test]
     fn defaults_match_the_design() {
         let cli = Cli::try_parse_from(["contrail", "topics", "create"]).unwrap();
-        let Command::Topics { action: TopicsCommand::Create(a) } = cli.command else { panic!() };
+        let Command::Topics {
+            action: TopicsCommand::Create(a),
+        } = cli.command
+        else {
+            panic!()
+        };
         assert_eq!(a.partitions, 6);
         assert_eq!(a.topics.topic_raw, "flight-raw-data");
         assert_eq!(a.topics.topic_window_state, "contrail-window-state");
         let cli = Cli::try_parse_from(["contrail", "demo", "--speed", "max"]).unwrap();
-        let Command::Demo(d) = cli.command else { panic!() };
+        let Command::Demo(d) = cli.command else {
+            panic!()
+        };
         assert_eq!(d.source.simulator.speed, Speed::Max);
         assert_eq!(d.source.simulator.aircraft, 300);
         assert_eq!(d.pipeline.data_dir, PathBuf::from("data"));

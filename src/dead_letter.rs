@@ -21,10 +21,19 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn new(stage: &str, reason: &str, message: impl Into<String>, payload: &[u8], now: DateTime<Utc>) -> Self {
+    pub fn new(
+        stage: &str,
+        reason: &str,
+        message: impl Into<String>,
+        payload: &[u8],
+        now: DateTime<Utc>,
+    ) -> Self {
         let (payload, encoding) = match std::str::from_utf8(payload) {
             Ok(s) => (s.to_string(), "utf8"),
-            Err(_) => (base64::engine::general_purpose::STANDARD.encode(payload), "base64"),
+            Err(_) => (
+                base64::engine::general_purpose::STANDARD.encode(payload),
+                "base64",
+            ),
         };
         Self {
             stage: stage.to_string(),
@@ -49,7 +58,9 @@ impl DeadLetter {
     /// The original payload bytes.
     pub fn original_payload(&self) -> Vec<u8> {
         match self.payload_encoding.as_str() {
-            "base64" => base64::engine::general_purpose::STANDARD.decode(&self.payload).unwrap_or_default(),
+            "base64" => base64::engine::general_purpose::STANDARD
+                .decode(&self.payload)
+                .unwrap_or_default(),
             _ => self.payload.clone().into_bytes(),
         }
     }
@@ -71,6 +82,9 @@ mod tests {
             let back: DeadLetter = serde_json::from_slice(&d.to_json()).unwrap();
             assert_eq!(back.original_payload(), payload);
         }
-        assert_eq!(DeadLetter::new("x", "y", "z", b"\xff", now).payload_encoding, "base64");
+        assert_eq!(
+            DeadLetter::new("x", "y", "z", b"\xff", now).payload_encoding,
+            "base64"
+        );
     }
 }

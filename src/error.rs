@@ -37,7 +37,10 @@ pub enum Error {
     },
 
     #[error("bad record ({reason}): {message}")]
-    Data { reason: &'static str, message: String },
+    Data {
+        reason: &'static str,
+        message: String,
+    },
 
     #[error("Arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -54,11 +57,18 @@ pub enum Error {
 
 impl Error {
     pub fn kafka(context: impl Into<String>, source: rdkafka::error::KafkaError) -> Self {
-        Error::Kafka { context: context.into(), source }
+        Error::Kafka {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { context, path: path.into(), source }
+        Error::Io {
+            context,
+            path: path.into(),
+            source,
+        }
     }
 
     /// Whether trying the same operation again later may succeed.

@@ -43,7 +43,10 @@ fn contrail(args: &[&str], limit: Duration) -> String {
         if let Some(status) = child.try_wait().unwrap() {
             let mut out = String::new();
             std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-            assert!(status.success(), "contrail {args:?} failed: {status}\n{out}");
+            assert!(
+                status.success(),
+                "contrail {args:?} failed: {status}\n{out}"
+            );
             return out;
         }
         if started.elapsed() > limit {
@@ -73,7 +76,9 @@ fn expected() -> (Vec<(String, i64)>, usize) {
     let (mut valid, mut invalid, mut dedupe) = (Vec::new(), 0, Dedupe::default());
     for e in emitted {
         match validate(&e.to_bytes()) {
-            Ok(r) if !dedupe.is_repeat(&r.icao24, r.last_contact) => valid.push((r.icao24, r.last_contact)),
+            Ok(r) if !dedupe.is_repeat(&r.icao24, r.last_contact) => {
+                valid.push((r.icao24, r.last_contact))
+            }
             Ok(_) => {}
             Err(_) => invalid += 1,
         }
@@ -117,23 +122,39 @@ async fn read_topic(topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMess
 #[tokio::test]
 #[ignore = "needs Apache Kafka and CONTRAIL_PYTHON: run scripts/test"]
 async fn simulator_through_kafka_exactly_once_with_archive() {
-    let python = std::env::var("CONTRAIL_PYTHON")
-        .expect("CONTRAIL_PYTHON must point at a Python with duckdb and pyarrow (scripts/test sets it)");
+    let python = std::env::var("CONTRAIL_PYTHON").expect(
+        "CONTRAIL_PYTHON must point at a Python with duckdb and pyarrow (scripts/test sets it)",
+    );
     let bootstrap = bootstrap();
-    let sfx = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_millis());
+    let sfx = format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
     let t = |name: &str| format!("{name}-{sfx}");
     let (raw, processed, dlq) = (t("raw"), t("processed"), t("dead-letter"));
     let topic_flags = vec![
-        "--kafka-bootstrap".to_string(), bootstrap.clone(),
-        "--topic-raw".into(), raw.clone(),
-        "--topic-processed".into(), processed.clone(),
-        "--topic-dead-letter".into(), dlq.clone(),
-        "--topic-aggregated".into(), t("agg"),
-        "--topic-aircraft-aggregates".into(), t("aircraft-agg"),
-        "--topic-window-state".into(), t("state"),
+        "--kafka-bootstrap".to_string(),
+        bootstrap.clone(),
+        "--topic-raw".into(),
+        raw.clone(),
+        "--topic-processed".into(),
+        processed.clone(),
+        "--topic-dead-letter".into(),
+        dlq.clone(),
+        "--topic-aggregated".into(),
+        t("agg"),
+        "--topic-aircraft-aggregates".into(),
+        t("aircraft-agg"),
+        "--topic-window-state".into(),
+        t("state"),
     ];
     let with = |cmd: &[&str], extra: &[String]| -> Vec<String> {
-        cmd.iter().map(|s| s.to_string()).chain(topic_flags.iter().cloned()).chain(extra.iter().cloned()).collect()
+        cmd.iter()
+            .map(|s| s.to_string())
+            .chain(topic_flags.iter().cloned())
+            .chain(extra.iter().cloned())
+            .collect()
     };
     let run = |args: Vec<String>, secs: u64| {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -141,35 +162,64 @@ async fn simulator_through_kafka_exactly_once_with_archive() {
     };
 
     // Topics: created once, harmless the second time.
-    let first = run(with(&["topics", "create"], &["--partitions".into(), "3".into()]), 60);
+    let first = run(
+        with(&["topics", "create"], &["--partitions".into(), "3".into()]),
+        60,
+    );
     assert_eq!(first.matches(": created").count(), 6, "{first}");
-    let second = run(with(&["topics", "create"], &["--partitions".into(), "3".into()]), 60);
+    let second = run(
+        with(&["topics", "create"], &["--partitions".into(), "3".into()]),
+        60,
+    );
     assert_eq!(second.matches(": exists").count(), 6, "{second}");
 
     let (valid, invalid) = expected();
-    assert!(invalid > 100, "the run must exercise the dead-letter path ({invalid})");
+    assert!(
+        invalid > 100,
+        "the run must exercise the dead-letter path ({invalid})"
+    );
 
     run(
-        with(&["ingest"], &[
-            "--seed".into(), SEED.to_string(),
-            "--start-time".into(), START.into(),
-            "--speed".into(), "max".into(),
-            "--max-records".into(), RECORDS.to_string(),
-            "--invalid-rate".into(), INVALID_RATE.to_string(),
-        ]),
+        with(
+            &["ingest"],
+            &[
+                "--seed".into(),
+                SEED.to_string(),
+                "--start-time".into(),
+                START.into(),
+                "--speed".into(),
+                "max".into(),
+                "--max-records".into(),
+                RECORDS.to_string(),
+                "--invalid-rate".into(),
+                INVALID_RATE.to_string(),
+            ],
+        ),
         300,
     );
 
     let data = tempfile::tempdir().unwrap();
     run(
-        with(&["process"], &[
-            "--group-id".into(), t("group"),
-            "--data-dir".into(), data.path().display().to_string(),
-            "--batch-max-records".into(), "5000".into(),
-            "--batch-max-wait-ms".into(), "300".into(),
-            "--stop-after".into(), valid.len().to_string(),
-            "--sql-dir".into(), Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").display().to_string(),
-        ]),
+        with(
+            &["process"],
+            &[
+                "--group-id".into(),
+                t("group"),
+                "--data-dir".into(),
+                data.path().display().to_string(),
+                "--batch-max-records".into(),
+                "5000".into(),
+                "--batch-max-wait-ms".into(),
+                "300".into(),
+                "--stop-after".into(),
+                valid.len().to_string(),
+                "--sql-dir".into(),
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("sql")
+                    .display()
+                    .to_string(),
+            ],
+        ),
         600,
     );
 
@@ -187,10 +237,16 @@ async fn simulator_through_kafka_exactly_once_with_archive() {
         assert_eq!(keys, want, "processed record columns");
         let icao = v["icao24"].as_str().unwrap().to_string();
         assert_eq!(m.key(), Some(icao.as_bytes()));
-        *seen.entry((icao, v["last_contact"].as_i64().unwrap())).or_default() += 1;
+        *seen
+            .entry((icao, v["last_contact"].as_i64().unwrap()))
+            .or_default() += 1;
     }
     let dupes: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dupes.is_empty(), "duplicates on {processed}: {:?}", &dupes[..dupes.len().min(5)]);
+    assert!(
+        dupes.is_empty(),
+        "duplicates on {processed}: {:?}",
+        &dupes[..dupes.len().min(5)]
+    );
     assert_eq!(out.len(), valid.len(), "processed count");
     for v in &valid {
         assert!(seen.contains_key(v), "missing {v:?}");

@@ -49,7 +49,13 @@ fn messages(payloads: &[Vec<u8>]) -> Vec<Message> {
     payloads
         .iter()
         .enumerate()
-        .map(|(i, p)| Message { topic: "raw".into(), partition: (i % 3) as i32, offset: i as i64, key: None, payload: p.clone() })
+        .map(|(i, p)| Message {
+            topic: "raw".into(),
+            partition: (i % 3) as i32,
+            offset: i as i64,
+            key: None,
+            payload: p.clone(),
+        })
         .collect()
 }
 
@@ -65,7 +71,12 @@ async fn processor(archive: Option<PathBuf>) -> (Processor, Arc<ProcessStats>) {
     };
     let stats = Arc::new(ProcessStats::default());
     let clock = ManualClock::new(1_795_600_500_000_000);
-    (Processor::new(config, clock, Arc::clone(&stats)).await.unwrap(), stats)
+    (
+        Processor::new(config, clock, Arc::clone(&stats))
+            .await
+            .unwrap(),
+        stats,
+    )
 }
 
 async fn run_in_chunks(msgs: &[Message], chunk: usize, archive: Option<PathBuf>) -> Vec<OutRecord> {
@@ -79,7 +90,11 @@ async fn run_in_chunks(msgs: &[Message], chunk: usize, archive: Option<PathBuf>)
 
 fn split(out: &[OutRecord]) -> (Vec<&OutRecord>, Vec<DeadLetter>) {
     let processed = out.iter().filter(|r| r.topic == PROCESSED).collect();
-    let dead = out.iter().filter(|r| r.topic == DLQ).map(|r| serde_json::from_slice(&r.payload).unwrap()).collect();
+    let dead = out
+        .iter()
+        .filter(|r| r.topic == DLQ)
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect();
     (processed, dead)
 }
 
@@ -92,16 +107,31 @@ async fn every_record_is_processed_once_or_dead_lettered_with_a_reason() {
     let out = p.process(&msgs).await.unwrap();
     let (processed, dead) = split(&out);
     assert_eq!(processed.len(), msgs.len() - 2);
-    assert_eq!(stats.processed.load(std::sync::atomic::Ordering::Relaxed), (msgs.len() - 2) as u64);
+    assert_eq!(
+        stats.processed.load(std::sync::atomic::Ordering::Relaxed),
+        (msgs.len() - 2) as u64
+    );
 
-    let mut reasons: Vec<(&str, i64)> = dead.iter().map(|d| (d.reason.as_str(), d.source_offset.unwrap())).collect();
+    let mut reasons: Vec<(&str, i64)> = dead
+        .iter()
+        .map(|d| (d.reason.as_str(), d.source_offset.unwrap()))
+        .collect();
     reasons.sort();
-    assert_eq!(reasons, vec![("decode_error", 100), ("filtered_by_clean_sql", 200)]);
-    assert_eq!(dead[0].original_payload(), payloads[dead[0].source_offset.unwrap() as usize]);
+    assert_eq!(
+        reasons,
+        vec![("decode_error", 100), ("filtered_by_clean_sql", 200)]
+    );
+    assert_eq!(
+        dead[0].original_payload(),
+        payloads[dead[0].source_offset.unwrap() as usize]
+    );
 
     // Same records, same order, every contract column, keyed by icao24.
     let contract = processed_contract_columns();
-    let mut expected = payloads.iter().enumerate().filter(|(i, _)| *i != 100 && *i != 200);
+    let mut expected = payloads
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 100 && *i != 200);
     for r in &processed {
         let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
         let obj = v.as_object().unwrap();
@@ -112,15 +142,30 @@ async fn every_record_is_processed_once_or_dead_lettered_with_a_reason() {
         let raw: serde_json::Value = serde_json::from_slice(raw).unwrap();
         assert_eq!(v["icao24"], raw["icao24"]);
         assert_eq!(v["last_contact"], raw["last_contact"]);
-        assert_eq!(r.key.as_deref(), Some(v["icao24"].as_str().unwrap().as_bytes()));
+        assert_eq!(
+            r.key.as_deref(),
+            Some(v["icao24"].as_str().unwrap().as_bytes())
+        );
     }
 
     // The archive holds the same rows, one file set per source partition.
     let files: Vec<PathBuf> = walk(dir.path());
-    assert!(files.iter().all(|f| f.extension().is_some_and(|e| e == "parquet")));
-    let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(
+        files
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "parquet"))
+    );
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     for p in 0..3 {
-        assert!(names.iter().any(|n| n.starts_with(&format!("part-p{p:03}-"))), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(&format!("part-p{p:03}-"))),
+            "{names:?}"
+        );
     }
     let rows: usize = files.iter().map(|f| parquet_rows(f)).sum();
     assert_eq!(rows, processed.len());
@@ -135,7 +180,9 @@ async fn results_do_not_depend_on_where_batches_end() {
     let by_topic = |o: &[OutRecord]| {
         let mut m: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
         for r in o {
-            m.entry(r.topic.clone()).or_default().push(r.payload.clone());
+            m.entry(r.topic.clone())
+                .or_default()
+                .push(r.payload.clone());
         }
         m
     };
@@ -143,7 +190,10 @@ async fn results_do_not_depend_on_where_batches_end() {
     assert_eq!(expected[PROCESSED].len(), msgs.len() - 2);
     for chunk in [13, 500] {
         let parts = run_in_chunks(&msgs, chunk, None).await;
-        assert!(by_topic(&parts) == expected, "chunks of {chunk} changed the output");
+        assert!(
+            by_topic(&parts) == expected,
+            "chunks of {chunk} changed the output"
+        );
     }
 }
 
@@ -151,13 +201,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
     }
     out
 }
 
 fn parquet_rows(path: &Path) -> usize {
     let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
     reader.map(|b| b.unwrap().num_rows()).sum()
 }

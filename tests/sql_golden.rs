@@ -27,16 +27,28 @@ fn raw_batch() -> RecordBatch {
     let messages: Vec<Message> = fixture("raw.jsonl")
         .lines()
         .enumerate()
-        .map(|(i, l)| Message { topic: "raw".into(), partition: 0, offset: i as i64, key: None, payload: l.as_bytes().to_vec() })
+        .map(|(i, l)| Message {
+            topic: "raw".into(),
+            partition: 0,
+            offset: i as i64,
+            key: None,
+            payload: l.as_bytes().to_vec(),
+        })
         .collect();
     let decoded = decode(&messages).unwrap();
-    assert!(decoded.rejected.is_empty(), "fixture rows must decode: {:?}", decoded.rejected);
+    assert!(
+        decoded.rejected.is_empty(),
+        "fixture rows must decode: {:?}",
+        decoded.rejected
+    );
     decoded.batch
 }
 
 fn previous_batch() -> RecordBatch {
     let text = fixture("previous.jsonl");
-    let mut reader = ReaderBuilder::new(Arc::clone(&PREVIOUS_SCHEMA)).build(text.as_bytes()).unwrap();
+    let mut reader = ReaderBuilder::new(Arc::clone(&PREVIOUS_SCHEMA))
+        .build(text.as_bytes())
+        .unwrap();
     reader.next().unwrap().unwrap()
 }
 
@@ -65,7 +77,11 @@ fn check_golden(name: &str, batch: &RecordBatch) {
                 panic!("{name} row {i} differs\nexpected: {e}\nactual:   {a}");
             }
         }
-        panic!("{name}: {} expected rows, {} actual", expected.lines().count(), actual.lines().count());
+        panic!(
+            "{name}: {} expected rows, {} actual",
+            expected.lines().count(),
+            actual.lines().count()
+        );
     }
 }
 

@@ -33,9 +33,14 @@ pub struct ArchiveWriter {
 impl ArchiveWriter {
     pub fn new(root: &Path, dataset: &str) -> Self {
         let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid zstd level")))
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid zstd level"),
+            ))
             .build();
-        Self { dir: root.join(dataset), props: Arc::new(props) }
+        Self {
+            dir: root.join(dataset),
+            props: Arc::new(props),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -44,20 +49,31 @@ impl ArchiveWriter {
 
     /// Writes the rows of `batch`, which came from `source_partition` offsets
     /// `first..=last`, one file per event hour. Returns the files written.
-    pub fn write(&self, batch: &RecordBatch, source_partition: i32, first: i64, last: i64) -> Result<Vec<PathBuf>> {
+    pub fn write(
+        &self,
+        batch: &RecordBatch,
+        source_partition: i32,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<PathBuf>> {
         let ts = batch
             .column_by_name("timestamp")
             .ok_or_else(|| Error::Internal("archived batches need a timestamp column".into()))?
             .as_primitive::<TimestampMicrosecondType>();
         let mut hours: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (i, t) in ts.values().iter().enumerate() {
-            hours.entry(t.div_euclid(MICROS_PER_HOUR)).or_default().push(i as u32);
+            hours
+                .entry(t.div_euclid(MICROS_PER_HOUR))
+                .or_default()
+                .push(i as u32);
         }
         let name = format!("part-p{source_partition:03}-{first:020}-{last:020}.parquet");
         let mut written = Vec::with_capacity(hours.len());
         for (hour, rows) in hours {
             let start = DateTime::from_timestamp_micros(hour * MICROS_PER_HOUR).unwrap_or_default();
-            let dir = self.dir.join(start.format("date=%Y-%m-%d/hour=%H").to_string());
+            let dir = self
+                .dir
+                .join(start.format("date=%Y-%m-%d/hour=%H").to_string());
             let part = if rows.len() == batch.num_rows() {
                 batch.clone()
             } else {
@@ -76,8 +92,10 @@ impl ArchiveWriter {
         let mut writer = ArrowWriter::try_new(file, batch.schema(), Some((*self.props).clone()))?;
         writer.write(batch)?;
         let file = writer.into_inner()?;
-        file.sync_all().map_err(|e| Error::io("syncing archive file", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming archive file into place", &path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("syncing archive file", &tmp, e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Error::io("renaming archive file into place", &path, e))?;
         Ok(path)
     }
 }
@@ -115,7 +133,12 @@ mod tests {
         let files = w.write(&b, 3, 100, 102).unwrap();
         let names: Vec<String> = files
             .iter()
-            .map(|p| p.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned())
+            .map(|p| {
+                p.strip_prefix(dir.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         assert_eq!(
             names,
@@ -125,7 +148,10 @@ mod tests {
             ]
         );
         let rows = |p: &Path| {
-            let r = ParquetRecordBatchReaderBuilder::try_new(File::open(p).unwrap()).unwrap().build().unwrap();
+            let r = ParquetRecordBatchReaderBuilder::try_new(File::open(p).unwrap())
+                .unwrap()
+                .build()
+                .unwrap();
             r.map(|b| b.unwrap().num_rows()).sum::<usize>()
         };
         assert_eq!(rows(&files[0]), 2);

@@ -80,7 +80,10 @@ async fn send_all(producer: &FutureProducer, records: &[OutRecord]) -> Result<()
                 return Err(Error::kafka(format!("delivery to {}", record.topic), e));
             }
             Err(_canceled) => {
-                return Err(Error::Bus(format!("producer closed before delivery to {}", record.topic)));
+                return Err(Error::Bus(format!(
+                    "producer closed before delivery to {}",
+                    record.topic
+                )));
             }
         }
     }
@@ -135,7 +138,9 @@ pub struct KafkaBatchConsumer {
 
 impl std::fmt::Debug for KafkaBatchConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaBatchConsumer").field("positions", &self.positions).finish_non_exhaustive()
+        f.debug_struct("KafkaBatchConsumer")
+            .field("positions", &self.positions)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,8 +172,17 @@ impl KafkaBatchConsumer {
         let p = producer.clone();
         blocking(move || p.init_transactions(TXN_TIMEOUT))
             .await
-            .map_err(|e| Error::kafka(format!("initialising transactions as {}", config.transactional_id), e))?;
-        Ok(Self { consumer, producer, positions: HashMap::new() })
+            .map_err(|e| {
+                Error::kafka(
+                    format!("initialising transactions as {}", config.transactional_id),
+                    e,
+                )
+            })?;
+        Ok(Self {
+            consumer,
+            producer,
+            positions: HashMap::new(),
+        })
     }
 
     async fn commit_transaction(&mut self, outputs: &[OutRecord]) -> Result<()> {
@@ -220,7 +234,8 @@ impl BatchConsumer for KafkaBatchConsumer {
                 Ok(Err(e)) => return Err(Error::kafka("consuming", e)),
                 Ok(Ok(m)) => m,
             };
-            self.positions.insert((m.topic().to_string(), m.partition()), m.offset() + 1);
+            self.positions
+                .insert((m.topic().to_string(), m.partition()), m.offset() + 1);
             batch.push(Message {
                 topic: m.topic().to_string(),
                 partition: m.partition(),
@@ -277,7 +292,11 @@ pub async fn create_topics(
         .iter()
         .map(|s| {
             let t = NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(replication));
-            if s.compacted { t.set("cleanup.policy", "compact") } else { t }
+            if s.compacted {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -289,7 +308,9 @@ pub async fn create_topics(
         .into_iter()
         .map(|r| match r {
             Ok(name) => Ok((name, TopicOutcome::Created)),
-            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => Ok((name, TopicOutcome::AlreadyExisted)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                Ok((name, TopicOutcome::AlreadyExisted))
+            }
             Err((name, code)) => Err(Error::Bus(format!("creating topic {name}: {code}"))),
         })
         .collect()

@@ -39,25 +39,40 @@ impl MemoryBus {
 
     /// Like [`MemoryBus::new`], with every topic's first offset at `offset_base`.
     pub fn with_offset_base(capacity: usize, offset_base: i64) -> Self {
-        Self { topics: Arc::default(), capacity: capacity.max(1), offset_base }
+        Self {
+            topics: Arc::default(),
+            capacity: capacity.max(1),
+            offset_base,
+        }
     }
 
     fn topic<'a>(&self, topics: &'a mut HashMap<String, Topic>, name: &str) -> &'a mut Topic {
-        topics
-            .entry(name.to_string())
-            .or_insert_with(|| Topic { subscribers: Vec::new(), next_offset: self.offset_base })
+        topics.entry(name.to_string()).or_insert_with(|| Topic {
+            subscribers: Vec::new(),
+            next_offset: self.offset_base,
+        })
     }
 
     /// Receives every record published to `topic` from now on.
     pub fn subscribe(&self, topic: &str) -> MemoryConsumer {
         let (tx, rx) = mpsc::channel(self.capacity);
-        self.topic(&mut self.topics.lock().expect("bus lock"), topic).subscribers.push(tx);
-        MemoryConsumer { rx, publisher: self.clone(), pending: None }
+        self.topic(&mut self.topics.lock().expect("bus lock"), topic)
+            .subscribers
+            .push(tx);
+        MemoryConsumer {
+            rx,
+            publisher: self.clone(),
+            pending: None,
+        }
     }
 
     /// Records published to `topic` so far.
     pub fn published(&self, topic: &str) -> i64 {
-        self.topics.lock().expect("bus lock").get(topic).map_or(0, |t| t.next_offset - self.offset_base)
+        self.topics
+            .lock()
+            .expect("bus lock")
+            .get(topic)
+            .map_or(0, |t| t.next_offset - self.offset_base)
     }
 
     /// Ends `topic`: its consumers see the end of the stream once they have drained it.
@@ -149,33 +164,69 @@ mod tests {
         let bus = MemoryBus::new(100);
         let mut consumer = bus.subscribe("in");
         let mut out = bus.subscribe("out");
-        let records: Vec<_> =
-            (0..5u8).map(|i| OutRecord::new("in", None, vec![i])).collect();
+        let records: Vec<_> = (0..5u8)
+            .map(|i| OutRecord::new("in", None, vec![i]))
+            .collect();
         bus.publish(records).await.unwrap();
         assert_eq!(bus.published("in"), 5);
 
-        let b = consumer.next_batch(3, Duration::from_millis(50)).await.unwrap().unwrap();
-        assert_eq!(b.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert!(consumer.next_batch(3, Duration::from_millis(10)).await.is_err());
-        consumer.commit(vec![OutRecord::new("out", None, b"x".to_vec())]).await.unwrap();
-        let b = consumer.next_batch(3, Duration::from_millis(50)).await.unwrap().unwrap();
+        let b = consumer
+            .next_batch(3, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(
+            consumer
+                .next_batch(3, Duration::from_millis(10))
+                .await
+                .is_err()
+        );
+        consumer
+            .commit(vec![OutRecord::new("out", None, b"x".to_vec())])
+            .await
+            .unwrap();
+        let b = consumer
+            .next_batch(3, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.len(), 2);
         consumer.commit(vec![]).await.unwrap();
 
-        let o = out.next_batch(10, Duration::from_millis(50)).await.unwrap().unwrap();
+        let o = out
+            .next_batch(10, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(o[0].payload, b"x");
         out.commit(vec![]).await.unwrap();
 
         bus.close("in");
-        assert!(consumer.next_batch(3, Duration::from_millis(50)).await.unwrap().is_none());
+        assert!(
+            consumer
+                .next_batch(3, Duration::from_millis(50))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
     async fn offsets_start_at_the_base() {
         let bus = MemoryBus::with_offset_base(10, 1_000);
         let mut c = bus.subscribe("t");
-        bus.publish(vec![OutRecord::new("t", None, vec![1])]).await.unwrap();
-        let b = c.next_batch(10, Duration::from_millis(10)).await.unwrap().unwrap();
+        bus.publish(vec![OutRecord::new("t", None, vec![1])])
+            .await
+            .unwrap();
+        let b = c
+            .next_batch(10, Duration::from_millis(10))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b[0].offset, 1_000);
         assert_eq!(bus.published("t"), 1);
     }
@@ -183,7 +234,9 @@ mod tests {
     #[tokio::test]
     async fn unsubscribed_topics_count_but_keep_nothing() {
         let bus = MemoryBus::new(1);
-        bus.publish(vec![OutRecord::new("nobody", None, vec![1]); 10]).await.unwrap();
+        bus.publish(vec![OutRecord::new("nobody", None, vec![1]); 10])
+            .await
+            .unwrap();
         assert_eq!(bus.published("nobody"), 10);
     }
 }

@@ -36,7 +36,11 @@ pub struct OutRecord {
 
 impl OutRecord {
     pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, payload: Vec<u8>) -> Self {
-        Self { topic: topic.into(), key, payload }
+        Self {
+            topic: topic.into(),
+            key,
+            payload,
+        }
     }
 }
 

@@ -10,8 +10,20 @@ pub struct Airport {
     pub country: &'static str,
 }
 
-const fn ap(icao: &'static str, latitude: f64, longitude: f64, elevation_ft: f64, country: &'static str) -> Airport {
-    Airport { icao, latitude, longitude, elevation_ft, country }
+const fn ap(
+    icao: &'static str,
+    latitude: f64,
+    longitude: f64,
+    elevation_ft: f64,
+    country: &'static str,
+) -> Airport {
+    Airport {
+        icao,
+        latitude,
+        longitude,
+        elevation_ft,
+        country,
+    }
 }
 
 pub const AIRPORTS: &[Airport] = &[

@@ -74,7 +74,12 @@ pub struct SimulatorSource {
 const MAX_SPEED_CHUNK: usize = 20_000;
 
 impl SimulatorSource {
-    pub fn new(config: SimulatorConfig, speed: Speed, max_records: Option<u64>, labels_out: Option<PathBuf>) -> Result<Self> {
+    pub fn new(
+        config: SimulatorConfig,
+        speed: Speed,
+        max_records: Option<u64>,
+        labels_out: Option<PathBuf>,
+    ) -> Result<Self> {
         let labels = labels_out
             .map(|path| {
                 File::create(&path)
@@ -84,7 +89,16 @@ impl SimulatorSource {
             .transpose()?;
         let sim = Simulator::new(config);
         let sim_start = sim.now();
-        Ok(Self { sim, speed, max_records, emitted: 0, emitted_invalid: 0, labels, started: Instant::now(), sim_start })
+        Ok(Self {
+            sim,
+            speed,
+            max_records,
+            emitted: 0,
+            emitted_invalid: 0,
+            labels,
+            started: Instant::now(),
+            sim_start,
+        })
     }
 
     /// Corrupted records emitted so far (each must end up dead-lettered).
@@ -94,11 +108,14 @@ impl SimulatorSource {
 
     fn write_labels(&mut self, kept: &[Emitted]) -> Result<()> {
         let mut labels = self.sim.take_labels();
-        let Some(writer) = self.labels.as_mut() else { return Ok(()) };
+        let Some(writer) = self.labels.as_mut() else {
+            return Ok(());
+        };
         if self.max_records.is_some_and(|m| self.emitted >= m) {
             // The last chunk was cut short: keep only labels of records that went out.
             labels.retain(|l| {
-                kept.iter().any(|e| matches!(e, Emitted::Record(r) if l.matches(r)))
+                kept.iter()
+                    .any(|e| matches!(e, Emitted::Record(r) if l.matches(r)))
             });
         }
         writer
@@ -134,7 +151,10 @@ impl Source for SimulatorSource {
             out.truncate((max - self.emitted).min(out.len() as u64) as usize);
         }
         self.emitted += out.len() as u64;
-        self.emitted_invalid += out.iter().filter(|e| matches!(e, Emitted::Invalid(_))).count() as u64;
+        self.emitted_invalid += out
+            .iter()
+            .filter(|e| matches!(e, Emitted::Invalid(_)))
+            .count() as u64;
         self.write_labels(&out)?;
         Ok(Some(out.iter().map(Emitted::to_bytes).collect()))
     }
@@ -185,11 +205,21 @@ pub async fn run_ingest(
                         continue;
                     }
                     record.ingest_timestamp = Some(now);
-                    out.push(OutRecord::new(&topics.raw, Some(record.icao24.clone().into_bytes()), record.to_json()));
+                    out.push(OutRecord::new(
+                        &topics.raw,
+                        Some(record.icao24.clone().into_bytes()),
+                        record.to_json(),
+                    ));
                     published += 1;
                 }
                 Err(rejection) => {
-                    let dl = DeadLetter::new("ingest", rejection.reason, rejection.message, payload, now);
+                    let dl = DeadLetter::new(
+                        "ingest",
+                        rejection.reason,
+                        rejection.message,
+                        payload,
+                        now,
+                    );
                     out.push(OutRecord::new(&topics.dead_letter, None, dl.to_json()));
                     dead += 1;
                 }
@@ -232,18 +262,36 @@ mod tests {
         let bus = MemoryBus::new(100_000);
         let mut raw = bus.subscribe("raw");
         let mut dlq = bus.subscribe("dlq");
-        let topics = IngestTopics { raw: "raw".into(), dead_letter: "dlq".into() };
+        let topics = IngestTopics {
+            raw: "raw".into(),
+            dead_letter: "dlq".into(),
+        };
         let stats = Arc::new(IngestStats::default());
         let clock = ManualClock::new(1_795_600_000_000_000);
-        let ingest = run_ingest(&mut source, &bus, &topics, clock, Arc::clone(&stats), CancellationToken::new());
+        let ingest = run_ingest(
+            &mut source,
+            &bus,
+            &topics,
+            clock,
+            Arc::clone(&stats),
+            CancellationToken::new(),
+        );
         let drain = async {
             use crate::bus::BatchConsumer;
             let (mut r, mut d) = (Vec::new(), Vec::new());
             while r.len() + d.len() < 30_000 - 10 {
-                let b = raw.next_batch(100_000, Duration::from_millis(20)).await.unwrap().unwrap();
+                let b = raw
+                    .next_batch(100_000, Duration::from_millis(20))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 raw.commit(vec![]).await.unwrap();
                 r.extend(b);
-                let b = dlq.next_batch(100_000, Duration::from_millis(1)).await.unwrap().unwrap();
+                let b = dlq
+                    .next_batch(100_000, Duration::from_millis(1))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 dlq.commit(vec![]).await.unwrap();
                 d.extend(b);
                 if stats.read.load(Ordering::Relaxed) == 30_000
@@ -259,7 +307,10 @@ mod tests {
         result.unwrap();
         let s = |c: &AtomicU64| c.load(Ordering::Relaxed);
         assert_eq!(s(&stats.read), 30_000);
-        assert_eq!(s(&stats.published) + s(&stats.dead_lettered) + s(&stats.duplicates), 30_000);
+        assert_eq!(
+            s(&stats.published) + s(&stats.dead_lettered) + s(&stats.duplicates),
+            30_000
+        );
         assert_eq!(raw_msgs.len() as u64, s(&stats.published));
         assert_eq!(dead.len() as u64, s(&stats.dead_lettered));
         assert_eq!(s(&stats.dead_lettered), source.emitted_invalid());

@@ -145,7 +145,10 @@ struct Aircraft {
     anomaly: Option<ActiveAnomaly>,
 }
 
-const AIRLINES: &[&str] = &["DLH", "BAW", "AFR", "KLM", "RYR", "EZY", "UAL", "DAL", "AAL", "SWR", "IBE", "THY", "UAE", "QTR", "SAS", "ACA"];
+const AIRLINES: &[&str] = &[
+    "DLH", "BAW", "AFR", "KLM", "RYR", "EZY", "UAL", "DAL", "AAL", "SWR", "IBE", "THY", "UAE",
+    "QTR", "SAS", "ACA",
+];
 
 /// The simulator: call [`Simulator::advance_to`] with a simulated time to get every report
 /// due until then.
@@ -166,7 +169,13 @@ impl Simulator {
         let aircraft = (0..config.aircraft)
             .map(|i| spawn(&mut rng, i, start, config.report_interval_s))
             .collect();
-        Self { config, rng, aircraft, now: start, labels: Vec::new() }
+        Self {
+            config,
+            rng,
+            aircraft,
+            now: start,
+            labels: Vec::new(),
+        }
     }
 
     /// Simulated time (Unix seconds) reached so far.
@@ -216,7 +225,10 @@ impl Simulator {
 
         if a.anomaly.is_none() && rng.random_bool(self.config.anomaly_rate) {
             let kind = AnomalyKind::ALL[rng.random_range(0..AnomalyKind::ALL.len())];
-            let airborne_only = matches!(kind, AnomalyKind::AltitudeJump | AnomalyKind::FrozenPosition);
+            let airborne_only = matches!(
+                kind,
+                AnomalyKind::AltitudeJump | AnomalyKind::FrozenPosition
+            );
             if !(airborne_only && is_on_ground(a.phase)) {
                 let remaining = match kind {
                     AnomalyKind::FrozenPosition => rng.random_range(4..=8),
@@ -227,12 +239,21 @@ impl Simulator {
                 // A frozen transponder repeats the position it reports now, from the next report on.
                 let frozen_at = (kind == AnomalyKind::FrozenPosition).then_some((a.lat, a.lon));
                 let remaining = remaining + u32::from(frozen_at.is_some());
-                a.anomaly = Some(ActiveAnomaly { kind, remaining, frozen_at, squawk, started: false });
+                a.anomaly = Some(ActiveAnomaly {
+                    kind,
+                    remaining,
+                    frozen_at,
+                    squawk,
+                    started: false,
+                });
             }
         }
 
         // OpenSky quirk: now and then the position is not refreshed with the contact.
-        let frozen = a.anomaly.as_ref().is_some_and(|an| an.kind == AnomalyKind::FrozenPosition);
+        let frozen = a
+            .anomaly
+            .as_ref()
+            .is_some_and(|an| an.kind == AnomalyKind::FrozenPosition);
         let stale = !frozen && a.last_fix.is_some() && rng.random_bool(0.02);
         let (mut lat, mut lon, time_position) = match (stale, a.last_fix) {
             (true, Some(fix)) => fix,
@@ -250,7 +271,9 @@ impl Simulator {
             let kind = an.kind;
             let mut labelled = true;
             match kind {
-                AnomalyKind::SpeedSpike => velocity = Some(a.speed * rng.random_range(2.5..4.0) + 150.0),
+                AnomalyKind::SpeedSpike => {
+                    velocity = Some(a.speed * rng.random_range(2.5..4.0) + 150.0)
+                }
                 AnomalyKind::AltitudeJump => {
                     let jump = rng.random_range(1500.0..4000.0) * sign(rng);
                     let jumped = (a.alt_m + jump).max(30.0);
@@ -261,7 +284,9 @@ impl Simulator {
                     lat = (lat + rng.random_range(1.0..5.0) * sign(rng)).clamp(-89.0, 89.0);
                     lon = wrap_lon(lon + rng.random_range(1.0..5.0) * sign(rng));
                 }
-                AnomalyKind::VerticalRateSpike => vrate = Some(rng.random_range(40.0..80.0) * sign(rng)),
+                AnomalyKind::VerticalRateSpike => {
+                    vrate = Some(rng.random_range(40.0..80.0) * sign(rng))
+                }
                 AnomalyKind::FrozenPosition => {
                     // The first report is the last true one; the position then stops moving
                     // while contacts (and time_position) go on.
@@ -294,7 +319,10 @@ impl Simulator {
         let callsign = if rng.random_bool(0.005) {
             None
         } else {
-            Some(format!("{:<8}", format!("{}{}", a.airline, a.flight_number)))
+            Some(format!(
+                "{:<8}",
+                format!("{}{}", a.airline, a.flight_number)
+            ))
         };
 
         a.last_fix = Some((lat, lon, time_position));
@@ -321,7 +349,12 @@ impl Simulator {
             ingest_timestamp: None,
         };
         if let Some(kind) = label {
-            self.labels.push(Label { icao24: record.icao24.clone(), timestamp, last_contact: now, kind });
+            self.labels.push(Label {
+                icao24: record.icao24.clone(),
+                timestamp,
+                last_contact: now,
+                kind,
+            });
         }
         out.push(Emitted::Record(record.clone()));
         if rng.random_bool(0.01) {
@@ -334,7 +367,10 @@ impl Simulator {
 }
 
 fn is_on_ground(phase: Phase) -> bool {
-    matches!(phase, Phase::Parked | Phase::TaxiOut | Phase::TakeoffRoll | Phase::Landing | Phase::TaxiIn)
+    matches!(
+        phase,
+        Phase::Parked | Phase::TaxiOut | Phase::TakeoffRoll | Phase::Landing | Phase::TaxiIn
+    )
 }
 
 fn sign(rng: &mut ChaCha8Rng) -> f64 {
@@ -390,7 +426,12 @@ fn pick_destination(rng: &mut ChaCha8Rng, origin: usize) -> usize {
     // Prefer legs of 300-9000 km; fall back to any other airport.
     for _ in 0..20 {
         let d = rng.random_range(0..AIRPORTS.len());
-        let km = haversine_m(o.latitude, o.longitude, AIRPORTS[d].latitude, AIRPORTS[d].longitude) / 1000.0;
+        let km = haversine_m(
+            o.latitude,
+            o.longitude,
+            AIRPORTS[d].latitude,
+            AIRPORTS[d].longitude,
+        ) / 1000.0;
         if d != origin && (300.0..9000.0).contains(&km) {
             return d;
         }
@@ -418,7 +459,13 @@ fn spawn(rng: &mut ChaCha8Rng, index: usize, start: i64, interval: f64) -> Aircr
         flight_number: rng.random_range(10..9999),
         airline: AIRLINES[index % AIRLINES.len()],
         country: o.country,
-        category: if rng.random_bool(0.1) { None } else if heavy { Some(6) } else { Some(4) },
+        category: if rng.random_bool(0.1) {
+            None
+        } else if heavy {
+            Some(6)
+        } else {
+            Some(4)
+        },
         position_source: if rng.random_bool(0.05) { 2 } else { 0 },
         geo_offset_m: rng.random_range(-30.0..120.0),
         origin,
@@ -432,7 +479,11 @@ fn spawn(rng: &mut ChaCha8Rng, index: usize, start: i64, interval: f64) -> Aircr
         track: bearing_deg(o.latitude, o.longitude, d.latitude, d.longitude),
         vrate: 0.0,
         cruise_alt_m: rng.random_range(31_000.0..41_000.0) * FT,
-        cruise_speed: if heavy { rng.random_range(235.0..255.0) } else { rng.random_range(215.0..240.0) },
+        cruise_speed: if heavy {
+            rng.random_range(235.0..255.0)
+        } else {
+            rng.random_range(215.0..240.0)
+        },
         squawk: format!("{:o}", rng.random_range(0o1000..0o7000)),
         next_report: start + rng.random_range(0..=(interval.ceil() as i64).max(1)),
         updated_at: start,
@@ -496,7 +547,13 @@ fn spawn(rng: &mut ChaCha8Rng, index: usize, start: i64, interval: f64) -> Aircr
 fn step(a: &mut Aircraft, dt: f64, rng: &mut ChaCha8Rng) {
     let d = AIRPORTS[a.dest];
     let remaining = haversine_m(a.lat, a.lon, d.latitude, d.longitude);
-    let ground_elev = elevation_m(&AIRPORTS[if matches!(a.phase, Phase::Landing | Phase::TaxiIn) { a.dest } else { a.origin }]);
+    let ground_elev = elevation_m(
+        &AIRPORTS[if matches!(a.phase, Phase::Landing | Phase::TaxiIn) {
+            a.dest
+        } else {
+            a.origin
+        }],
+    );
     match a.phase {
         Phase::Parked => {
             a.speed = 0.0;
@@ -580,7 +637,10 @@ fn step(a: &mut Aircraft, dt: f64, rng: &mut ChaCha8Rng) {
             }
         }
     }
-    if matches!(a.phase, Phase::Climb | Phase::Cruise | Phase::Descent | Phase::Approach) {
+    if matches!(
+        a.phase,
+        Phase::Climb | Phase::Cruise | Phase::Descent | Phase::Approach
+    ) {
         a.track = bearing_deg(a.lat, a.lon, d.latitude, d.longitude);
     }
     if a.phase != Phase::Parked {
@@ -666,11 +726,20 @@ mod tests {
         let (out, labels) = run(1, 3600);
         let records: Vec<&RawRecord> = out
             .iter()
-            .filter_map(|e| if let Emitted::Record(r) = e { Some(r) } else { None })
+            .filter_map(|e| {
+                if let Emitted::Record(r) = e {
+                    Some(r)
+                } else {
+                    None
+                }
+            })
             .collect();
         // ~200 aircraft reporting every ~5 s for an hour.
         let per_aircraft_per_s = records.len() as f64 / 200.0 / 3600.0;
-        assert!((0.15..0.25).contains(&per_aircraft_per_s), "rate {per_aircraft_per_s}");
+        assert!(
+            (0.15..0.25).contains(&per_aircraft_per_s),
+            "rate {per_aircraft_per_s}"
+        );
         for r in &records {
             validate(&r.to_json()).unwrap_or_else(|e| panic!("{e:?} for {r:?}"));
             if r.on_ground {
@@ -680,26 +749,49 @@ mod tests {
                 assert_eq!(cs.len(), 8, "callsigns are space-padded to 8: {cs:?}");
             }
         }
-        let invalid = out.iter().filter(|e| matches!(e, Emitted::Invalid(_))).count();
+        let invalid = out
+            .iter()
+            .filter(|e| matches!(e, Emitted::Invalid(_)))
+            .count();
         assert!(invalid > 0);
         for e in out.iter().filter(|e| matches!(e, Emitted::Invalid(_))) {
-            assert!(validate(&e.to_bytes()).is_err(), "corrupted record passed validation");
+            assert!(
+                validate(&e.to_bytes()).is_err(),
+                "corrupted record passed validation"
+            );
         }
-        let stale = records.iter().filter(|r| r.timestamp.timestamp() < r.last_contact - 1).count();
+        let stale = records
+            .iter()
+            .filter(|r| r.timestamp.timestamp() < r.last_contact - 1)
+            .count();
         assert!(stale > 0, "some time_position should be stale");
         let repeats = records.windows(2).filter(|w| w[0] == w[1]).count();
         assert!(repeats > 0, "some states should repeat");
         let phases_on_ground = records.iter().filter(|r| r.on_ground).count();
         assert!(phases_on_ground > 0 && phases_on_ground < records.len() / 2);
-        let high = records.iter().filter(|r| r.baro_altitude.is_some_and(|a| a > 9000.0)).count();
-        assert!(high > records.len() / 3, "most aircraft cruise high: {high}/{}", records.len());
+        let high = records
+            .iter()
+            .filter(|r| r.baro_altitude.is_some_and(|a| a > 9000.0))
+            .count();
+        assert!(
+            high > records.len() / 3,
+            "most aircraft cruise high: {high}/{}",
+            records.len()
+        );
 
         // Every kind of anomaly shows up, and each label points at an emitted record.
         for kind in AnomalyKind::ALL {
-            assert!(labels.iter().any(|l| l.kind == kind), "{kind:?} never injected");
+            assert!(
+                labels.iter().any(|l| l.kind == kind),
+                "{kind:?} never injected"
+            );
         }
         for l in &labels {
-            assert!(records.iter().any(|r| l.matches(r) && r.timestamp == l.timestamp));
+            assert!(
+                records
+                    .iter()
+                    .any(|r| l.matches(r) && r.timestamp == l.timestamp)
+            );
         }
     }
 
@@ -716,7 +808,10 @@ mod tests {
             let r = find(l).unwrap();
             match l.kind {
                 AnomalyKind::EmergencySquawk => {
-                    assert!(matches!(r.squawk.as_deref(), Some("7500" | "7600" | "7700") | None))
+                    assert!(matches!(
+                        r.squawk.as_deref(),
+                        Some("7500" | "7600" | "7700") | None
+                    ))
                 }
                 AnomalyKind::VerticalRateSpike => {
                     assert!(r.vertical_rate.is_none_or(|v| v.abs() >= 40.0))

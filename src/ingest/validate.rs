@@ -18,7 +18,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -58,7 +61,10 @@ pub fn check(r: &mut RawRecord) -> Result<(), Rejection> {
     }
     r.icao24.make_ascii_lowercase();
     let (Some(lat), Some(lon)) = (r.latitude, r.longitude) else {
-        return Err(Rejection::new(reason::MISSING_POSITION, "latitude or longitude is null"));
+        return Err(Rejection::new(
+            reason::MISSING_POSITION,
+            "latitude or longitude is null",
+        ));
     };
     range("latitude", Some(lat), -90.0, 90.0)?;
     range("longitude", Some(lon), -180.0, 180.0)?;
@@ -89,16 +95,24 @@ pub fn check(r: &mut RawRecord) -> Result<(), Rejection> {
 
 fn range(field: &str, value: Option<f64>, min: f64, max: f64) -> Result<(), Rejection> {
     match value {
-        Some(v) if !v.is_finite() => {
-            Err(Rejection::new(reason::NON_FINITE, format!("{field} is {v}")))
-        }
+        Some(v) if !v.is_finite() => Err(Rejection::new(
+            reason::NON_FINITE,
+            format!("{field} is {v}"),
+        )),
         Some(v) if v < min || v > max => Err(out_of_range(field, v, format!("{min}..={max}"))),
         _ => Ok(()),
     }
 }
 
-fn out_of_range(field: &str, value: impl std::fmt::Display, allowed: impl std::fmt::Display) -> Rejection {
-    Rejection::new(reason::OUT_OF_RANGE, format!("{field} = {value} outside {allowed}"))
+fn out_of_range(
+    field: &str,
+    value: impl std::fmt::Display,
+    allowed: impl std::fmt::Display,
+) -> Rejection {
+    Rejection::new(
+        reason::OUT_OF_RANGE,
+        format!("{field} = {value} outside {allowed}"),
+    )
 }
 
 /// Drops exact repeats: the same aircraft with the same `last_contact` carries no new
@@ -150,7 +164,11 @@ mod tests {
     fn accepts_a_good_record_and_lowercases_icao24() {
         let r = validate(&serde_json::to_vec(&good()).unwrap()).unwrap();
         assert_eq!(r.icao24, "4ca1fa");
-        assert_eq!(r.velocity, Some(120.0), "integer-valued floats are accepted");
+        assert_eq!(
+            r.velocity,
+            Some(120.0),
+            "integer-valued floats are accepted"
+        );
     }
 
     #[test]
@@ -161,7 +179,10 @@ mod tests {
             (with("velocity", "fast".into()), reason::SCHEMA),
             (with("extra_field", 1.into()), reason::SCHEMA),
             (with("icao24", "zz12".into()), reason::INVALID_ICAO24),
-            (with("latitude", serde_json::Value::Null), reason::MISSING_POSITION),
+            (
+                with("latitude", serde_json::Value::Null),
+                reason::MISSING_POSITION,
+            ),
             (with("latitude", 91.0.into()), reason::OUT_OF_RANGE),
             (with("longitude", (-180.5).into()), reason::OUT_OF_RANGE),
             (with("velocity", (-1.0).into()), reason::OUT_OF_RANGE),
@@ -171,7 +192,13 @@ mod tests {
         ];
         for (payload, expected) in cases {
             let got = validate(&payload).expect_err(&String::from_utf8_lossy(&payload));
-            assert_eq!(got.reason, expected, "{}: {}", String::from_utf8_lossy(&payload), got.message);
+            assert_eq!(
+                got.reason,
+                expected,
+                "{}: {}",
+                String::from_utf8_lossy(&payload),
+                got.message
+            );
         }
         let missing = {
             let mut v = good();
@@ -195,6 +222,9 @@ mod tests {
         assert!(d.is_repeat("abc123", 10));
         assert!(!d.is_repeat("abc123", 11));
         assert!(!d.is_repeat("def456", 10));
-        assert!(!d.is_repeat("abc123", 10), "an older state after a newer one is new information");
+        assert!(
+            !d.is_repeat("abc123", 10),
+            "an older state after a newer one is new information"
+        );
     }
 }

@@ -28,12 +28,19 @@ pub struct Decoded {
 
 /// The raw schema with `_seq` appended: the `raw` table the SQL reads.
 pub fn raw_with_seq_schema() -> SchemaRef {
-    let mut fields: Vec<Field> = RAW_SCHEMA.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = RAW_SCHEMA
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new(SEQ_COLUMN, DataType::Int64, false));
     Arc::new(Schema::new(fields))
 }
 
-fn decode_all<'a>(payloads: impl Iterator<Item = &'a [u8]>, rows: usize) -> Result<Option<RecordBatch>, String> {
+fn decode_all<'a>(
+    payloads: impl Iterator<Item = &'a [u8]>,
+    rows: usize,
+) -> Result<Option<RecordBatch>, String> {
     let mut decoder = ReaderBuilder::new(Arc::clone(&RAW_SCHEMA))
         .with_batch_size(rows.max(1))
         .with_strict_mode(true)
@@ -56,12 +63,18 @@ fn decode_all<'a>(payloads: impl Iterator<Item = &'a [u8]>, rows: usize) -> Resu
 /// Decodes the payloads of `messages`.
 pub fn decode(messages: &[Message]) -> Result<Decoded> {
     let schema = raw_with_seq_schema();
-    let fast = decode_all(messages.iter().map(|m| m.payload.as_slice()), messages.len());
+    let fast = decode_all(
+        messages.iter().map(|m| m.payload.as_slice()),
+        messages.len(),
+    );
     if let Ok(batch) = fast {
         let rows = batch.as_ref().map_or(0, RecordBatch::num_rows);
         if rows == messages.len() {
             let seq: Vec<i64> = (0..rows as i64).collect();
-            return Ok(Decoded { batch: with_seq(&schema, batch, seq)?, rejected: Vec::new() });
+            return Ok(Decoded {
+                batch: with_seq(&schema, batch, seq)?,
+                rejected: Vec::new(),
+            });
         }
     }
     // Slow path: one payload at a time.
@@ -79,7 +92,10 @@ pub fn decode(messages: &[Message]) -> Result<Decoded> {
         }
     }
     let batch = concat_batches(&RAW_SCHEMA, &good)?;
-    Ok(Decoded { batch: with_seq(&schema, Some(batch), seq)?, rejected })
+    Ok(Decoded {
+        batch: with_seq(&schema, Some(batch), seq)?,
+        rejected,
+    })
 }
 
 fn with_seq(schema: &SchemaRef, batch: Option<RecordBatch>, seq: Vec<i64>) -> Result<RecordBatch> {
@@ -96,7 +112,13 @@ mod tests {
     use arrow::datatypes::{Float64Type, Int64Type};
 
     fn msg(i: i64, payload: &str) -> Message {
-        Message { topic: "t".into(), partition: 0, offset: i, key: None, payload: payload.as_bytes().to_vec() }
+        Message {
+            topic: "t".into(),
+            partition: 0,
+            offset: i,
+            key: None,
+            payload: payload.as_bytes().to_vec(),
+        }
     }
 
     const GOOD: &str = r#"{"timestamp":"2026-11-25T10:00:00Z","icao24":"abc123","callsign":"DLH1    ","origin_country":"Germany","latitude":50.0,"longitude":8,"velocity":200,"baro_altitude":null,"geo_altitude":null,"vertical_rate":null,"heading":90.5,"on_ground":false,"squawk":null,"spi":false,"position_source":0,"category":null,"sensors":[1,2],"last_contact":1795600800,"ingest_timestamp":"2026-11-25T10:00:01.5Z"}"#;
@@ -107,11 +129,19 @@ mod tests {
         let d = decode(&msgs).unwrap();
         assert!(d.rejected.is_empty());
         assert_eq!(d.batch.num_rows(), 2);
-        let lon = d.batch.column_by_name("longitude").unwrap().as_primitive::<Float64Type>();
+        let lon = d
+            .batch
+            .column_by_name("longitude")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         assert_eq!(lon.value(0), 8.0, "integer-valued floats decode");
         let ts = d.batch.column_by_name("ingest_timestamp").unwrap();
         assert_eq!(ts.data_type(), &crate::schema::timestamp_type());
-        let seq = d.batch.column_by_name(SEQ_COLUMN).unwrap().as_primitive::<Int64Type>();
+        let seq = d
+            .batch
+            .column_by_name(SEQ_COLUMN)
+            .unwrap()
+            .as_primitive::<Int64Type>();
         assert_eq!(seq.values().to_vec(), vec![0, 1]);
         assert_eq!(d.batch.column_by_name("sensors").unwrap().null_count(), 0);
     }
@@ -122,15 +152,25 @@ mod tests {
             msg(0, GOOD),
             msg(1, "{\"timestamp\": tru"),
             msg(2, GOOD),
-            msg(3, &GOOD.replace("\"velocity\":200", "\"velocity\":\"fast\"")),
+            msg(
+                3,
+                &GOOD.replace("\"velocity\":200", "\"velocity\":\"fast\""),
+            ),
             msg(4, ""),
             msg(5, &format!("{GOOD}{GOOD}")),
             msg(6, &GOOD.replace("\"spi\":false,", "")),
-            msg(7, &GOOD.replace("\"spi\":false", "\"spi\":false,\"extra\":1")),
+            msg(
+                7,
+                &GOOD.replace("\"spi\":false", "\"spi\":false,\"extra\":1"),
+            ),
             msg(8, GOOD),
         ];
         let d = decode(&msgs).unwrap();
-        let seq = d.batch.column_by_name(SEQ_COLUMN).unwrap().as_primitive::<Int64Type>();
+        let seq = d
+            .batch
+            .column_by_name(SEQ_COLUMN)
+            .unwrap()
+            .as_primitive::<Int64Type>();
         assert_eq!(seq.values().to_vec(), vec![0, 2, 8]);
         let rejected: Vec<usize> = d.rejected.iter().map(|(i, _)| *i).collect();
         assert_eq!(rejected, vec![1, 3, 4, 5, 6, 7]);

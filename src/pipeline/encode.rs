@@ -9,12 +9,18 @@ use crate::error::Result;
 /// Encodes each row of `batch` as one JSON object.
 pub fn to_json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let mut buf = Vec::with_capacity(batch.num_rows() * 900);
-    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(&mut buf);
+    let mut writer = WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, LineDelimited>(&mut buf);
     writer.write(batch)?;
     writer.finish()?;
     drop(writer);
     // JSON strings escape newlines, so each line is exactly one row.
-    Ok(buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect())
+    Ok(buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
 }
 
 #[cfg(test)]
@@ -37,17 +43,27 @@ mod tests {
             vec![
                 Arc::new(StringArray::from(vec![Some("a\nb"), None])),
                 Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(1.5)])),
-                Arc::new(TimestampMicrosecondArray::from(vec![1_795_600_800_000_000, 0]).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![1_795_600_800_000_000, 0])
+                        .with_timezone("UTC"),
+                ),
             ],
         )
         .unwrap();
         let rows = to_json_rows(&batch).unwrap();
         assert_eq!(rows.len(), 2);
-        let v: Vec<serde_json::Value> = rows.iter().map(|r| serde_json::from_slice(r).unwrap()).collect();
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::from_slice(r).unwrap())
+            .collect();
         assert_eq!(v[0]["s"], "a\nb");
         assert!(v[0]["f"].is_null());
         assert!(v[1]["s"].is_null() && v[1].as_object().unwrap().contains_key("s"));
         let t = v[0]["t"].as_str().unwrap();
-        assert_eq!(chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp(), 1_795_600_800, "{t}");
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp(),
+            1_795_600_800,
+            "{t}"
+        );
     }
 }

@@ -65,14 +65,35 @@ pub struct Processor {
 }
 
 impl Processor {
-    pub async fn new(config: ProcessConfig, clock: SharedClock, stats: Arc<ProcessStats>) -> Result<Self> {
+    pub async fn new(
+        config: ProcessConfig,
+        clock: SharedClock,
+        stats: Arc<ProcessStats>,
+    ) -> Result<Self> {
         if !(config.grid_cell_deg > 0.0 && config.grid_cell_deg <= 180.0) {
-            return Err(Error::Config(format!("--grid-cell-deg {} must be in (0, 180]", config.grid_cell_deg)));
+            return Err(Error::Config(format!(
+                "--grid-cell-deg {} must be in (0, 180]",
+                config.grid_cell_deg
+            )));
         }
-        let vars: SqlVars = [("grid_cell_deg".to_string(), format!("{:?}", config.grid_cell_deg))].into();
+        let vars: SqlVars = [(
+            "grid_cell_deg".to_string(),
+            format!("{:?}", config.grid_cell_deg),
+        )]
+        .into();
         let sql = SqlPipeline::load(&config.sql_dir, &vars).await?;
-        let archive = config.archive_dir.as_deref().map(|root| ArchiveWriter::new(root, "processed"));
-        Ok(Self { config, sql, continuity: Continuity::default(), archive, clock, stats })
+        let archive = config
+            .archive_dir
+            .as_deref()
+            .map(|root| ArchiveWriter::new(root, "processed"));
+        Ok(Self {
+            config,
+            sql,
+            continuity: Continuity::default(),
+            archive,
+            clock,
+            stats,
+        })
     }
 
     pub fn archive_dir(&self) -> Option<&std::path::Path> {
@@ -86,8 +107,16 @@ impl Processor {
         let mut out = Vec::with_capacity(messages.len());
         let dead = |i: usize, reason: &str, message: String, out: &mut Vec<OutRecord>| {
             let m = &messages[i];
-            let dl = DeadLetter::new("process", reason, message, &m.payload, now).with_source(&m.topic, m.partition, m.offset);
-            out.push(OutRecord::new(&self.config.dead_letter_topic, m.key.clone(), dl.to_json()));
+            let dl = DeadLetter::new("process", reason, message, &m.payload, now).with_source(
+                &m.topic,
+                m.partition,
+                m.offset,
+            );
+            out.push(OutRecord::new(
+                &self.config.dead_letter_topic,
+                m.key.clone(),
+                dl.to_json(),
+            ));
         };
 
         let decoded = decode::decode(messages)?;
@@ -95,34 +124,57 @@ impl Processor {
             dead(i, "decode_error", message, &mut out);
         }
         let decoded_seq = seq_values(&decoded.batch);
-        let icao24 = decoded.batch.column_by_name("icao24").map(|c| c.as_string::<i32>().clone());
-        let previous = self.continuity.previous_table(&icao24.unwrap_or_else(|| vec![None::<&str>; 0].into()))?;
+        let icao24 = decoded
+            .batch
+            .column_by_name("icao24")
+            .map(|c| c.as_string::<i32>().clone());
+        let previous = self
+            .continuity
+            .previous_table(&icao24.unwrap_or_else(|| vec![None::<&str>; 0].into()))?;
         let result = self.sql.run(decoded.batch, previous).await?;
 
         let kept: HashSet<i64> = result.kept.iter().copied().collect();
         for seq in decoded_seq.into_iter().filter(|s| !kept.contains(s)) {
-            dead(seq as usize, "filtered_by_clean_sql", "row removed by clean.sql".into(), &mut out);
+            dead(
+                seq as usize,
+                "filtered_by_clean_sql",
+                "row removed by clean.sql".into(),
+                &mut out,
+            );
         }
         let dead_count = out.len() as u64;
 
         // Arrival order, as the bus delivered them; window functions may have reordered.
         let features = &result.features;
-        let order = sort_to_indices(features.column_by_name(SEQ_COLUMN).expect("checked by sql"), None, None)?;
+        let order = sort_to_indices(
+            features.column_by_name(SEQ_COLUMN).expect("checked by sql"),
+            None,
+            None,
+        )?;
         let features = take_record_batch(features, &order)?;
         self.continuity.update(&features)?;
         let seq = seq_values(&features);
         let processed = finish(&features, now.timestamp_micros())?;
 
-        for (row, key) in encode::to_json_rows(&processed)?.into_iter().zip(keys(&processed)) {
+        for (row, key) in encode::to_json_rows(&processed)?
+            .into_iter()
+            .zip(keys(&processed))
+        {
             out.push(OutRecord::new(&self.config.processed_topic, key, row));
         }
         if let Some(archive) = &self.archive {
             let files = archive_by_partition(archive, &processed, &seq, messages)?;
             self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
         }
-        self.stats.consumed.fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.stats.processed.fetch_add(processed.num_rows() as u64, Ordering::Relaxed);
-        self.stats.dead_lettered.fetch_add(dead_count, Ordering::Relaxed);
+        self.stats
+            .consumed
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        self.stats
+            .processed
+            .fetch_add(processed.num_rows() as u64, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(dead_count, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
@@ -140,18 +192,33 @@ fn finish(features: &RecordBatch, now_us: i64) -> Result<RecordBatch> {
         }
     }
     fields.push(Field::new(PROCESSING_TIMESTAMP, timestamp_type(), false));
-    columns.push(Arc::new(TimestampMicrosecondArray::from(vec![now_us; features.num_rows()]).with_timezone("UTC")));
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from(vec![now_us; features.num_rows()]).with_timezone("UTC"),
+    ));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn keys(batch: &RecordBatch) -> Vec<Option<Vec<u8>>> {
-    let ids = batch.column_by_name("icao24").expect("contract column").as_string::<i32>();
-    ids.iter().map(|s| s.map(|s| s.as_bytes().to_vec())).collect()
+    let ids = batch
+        .column_by_name("icao24")
+        .expect("contract column")
+        .as_string::<i32>();
+    ids.iter()
+        .map(|s| s.map(|s| s.as_bytes().to_vec()))
+        .collect()
 }
 
 /// One archive write per source partition, named by that partition's offset range in the
 /// micro-batch. Returns the number of files written.
-fn archive_by_partition(archive: &ArchiveWriter, batch: &RecordBatch, seq: &[i64], messages: &[Message]) -> Result<u64> {
+fn archive_by_partition(
+    archive: &ArchiveWriter,
+    batch: &RecordBatch,
+    seq: &[i64],
+    messages: &[Message],
+) -> Result<u64> {
     let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
     for m in messages {
         let r = ranges.entry(m.partition).or_insert((m.offset, m.offset));
@@ -164,7 +231,10 @@ fn archive_by_partition(archive: &ArchiveWriter, batch: &RecordBatch, seq: &[i64
         let part = if single {
             batch.clone()
         } else {
-            let mask: BooleanArray = seq.iter().map(|s| Some(messages[*s as usize].partition == partition)).collect();
+            let mask: BooleanArray = seq
+                .iter()
+                .map(|s| Some(messages[*s as usize].partition == partition))
+                .collect();
             filter_record_batch(batch, &mask)?
         };
         if part.num_rows() > 0 {
@@ -181,7 +251,10 @@ pub async fn run_process(
     consumer: &mut dyn BatchConsumer,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let (max_records, max_wait) = (processor.config.batch_max_records, processor.config.batch_max_wait);
+    let (max_records, max_wait) = (
+        processor.config.batch_max_records,
+        processor.config.batch_max_wait,
+    );
     loop {
         let batch = tokio::select! {
             biased;

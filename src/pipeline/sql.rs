@@ -34,12 +34,19 @@ pub struct SqlFile {
 
 impl SqlFile {
     pub fn load(path: &Path, vars: &SqlVars) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading SQL file", path, e))?;
-        Ok(Self { path: path.to_path_buf(), sql: substitute(path, &text, vars)? })
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("reading SQL file", path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            sql: substitute(path, &text, vars)?,
+        })
     }
 
     fn error(&self, message: impl std::fmt::Display) -> Error {
-        Error::Sql { path: self.path.clone(), message: message.to_string() }
+        Error::Sql {
+            path: self.path.clone(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -109,7 +116,11 @@ impl SqlPipeline {
             // A micro-batch is small; one partition avoids repartitioning it per query.
             .with_target_partitions(1)
             .with_information_schema(false);
-        let pipeline = Self { ctx: SessionContext::new_with_config(config), clean, features };
+        let pipeline = Self {
+            ctx: SessionContext::new_with_config(config),
+            clean,
+            features,
+        };
         pipeline.check().await?;
         Ok(pipeline)
     }
@@ -125,21 +136,37 @@ impl SqlPipeline {
             .filter(|c| c != PROCESSING_TIMESTAMP && schema.field_with_name(c).is_err())
             .collect();
         if !missing.is_empty() {
-            return Err(self.features.error(format!("output lacks contract columns: {}", missing.join(", "))));
+            return Err(self.features.error(format!(
+                "output lacks contract columns: {}",
+                missing.join(", ")
+            )));
         }
         if schema.field_with_name(PROCESSING_TIMESTAMP).is_ok() {
-            return Err(self.features.error(format!("must not produce {PROCESSING_TIMESTAMP}: the pipeline stamps it")));
+            return Err(self.features.error(format!(
+                "must not produce {PROCESSING_TIMESTAMP}: the pipeline stamps it"
+            )));
         }
         Ok(())
     }
 
     async fn query(&self, file: &SqlFile) -> Result<RecordBatch> {
-        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let df = self.ctx.sql_with_options(&file.sql, options).await.map_err(|e| file.error(e))?;
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self
+            .ctx
+            .sql_with_options(&file.sql, options)
+            .await
+            .map_err(|e| file.error(e))?;
         let schema: SchemaRef = Arc::clone(df.schema().inner());
         let batches = df.collect().await.map_err(|e| file.error(e))?;
         let batch = concat_batches(&schema, &batches)?;
-        if batch.schema().field_with_name(SEQ_COLUMN).map(|f| f.data_type().clone()).ok()
+        if batch
+            .schema()
+            .field_with_name(SEQ_COLUMN)
+            .map(|f| f.data_type().clone())
+            .ok()
             != Some(arrow::datatypes::DataType::Int64)
         {
             return Err(file.error(format!("output must keep the {SEQ_COLUMN} column (Int64)")));
@@ -155,7 +182,10 @@ impl SqlPipeline {
         self.ctx.deregister_table("raw")?;
         let clean = clean?;
         if clean.num_rows() > input_rows {
-            return Err(self.clean.error(format!("returned {} rows from {input_rows}: it may only drop rows", clean.num_rows())));
+            return Err(self.clean.error(format!(
+                "returned {} rows from {input_rows}: it may only drop rows",
+                clean.num_rows()
+            )));
         }
         let kept = seq_values(&clean);
         let clean_rows = clean.num_rows();
@@ -172,7 +202,11 @@ impl SqlPipeline {
                 features.num_rows()
             )));
         }
-        Ok(SqlOutput { kept, clean, features })
+        Ok(SqlOutput {
+            kept,
+            clean,
+            features,
+        })
     }
 }
 
@@ -195,9 +229,17 @@ mod tests {
     #[test]
     fn substitutes_settings_and_names_unknown_ones() {
         let p = Path::new("x.sql");
-        assert_eq!(substitute(p, "a ${grid_cell_deg} b", &vars()).unwrap(), "a 1.0 b\n");
-        let e = substitute(p, "ok\nfloor(${nope})", &vars()).unwrap_err().to_string();
-        assert!(e.contains("x.sql") && e.contains("line 2") && e.contains("${nope}"), "{e}");
+        assert_eq!(
+            substitute(p, "a ${grid_cell_deg} b", &vars()).unwrap(),
+            "a 1.0 b\n"
+        );
+        let e = substitute(p, "ok\nfloor(${nope})", &vars())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("x.sql") && e.contains("line 2") && e.contains("${nope}"),
+            "{e}"
+        );
     }
 
     async fn pipeline_with(clean: &str, features: &str) -> Result<SqlPipeline> {
@@ -208,26 +250,51 @@ mod tests {
     }
 
     fn repo_sql(name: &str) -> String {
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(name)).unwrap()
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(name))
+            .unwrap()
     }
 
     #[tokio::test]
     async fn the_shipped_sql_files_pass_the_checks() {
-        pipeline_with(&repo_sql("clean.sql"), &repo_sql("features.sql")).await.unwrap();
+        pipeline_with(&repo_sql("clean.sql"), &repo_sql("features.sql"))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn bad_edits_are_rejected_with_the_file_named() {
         let features = repo_sql("features.sql");
         let cases = [
-            (repo_sql("clean.sql").replace("_seq\nFROM raw", "1 AS x\nFROM raw"), features.clone(), "clean.sql"),
-            ("SELEC * FROM raw".to_string(), features.clone(), "clean.sql"),
+            (
+                repo_sql("clean.sql").replace("_seq\nFROM raw", "1 AS x\nFROM raw"),
+                features.clone(),
+                "clean.sql",
+            ),
+            (
+                "SELEC * FROM raw".to_string(),
+                features.clone(),
+                "clean.sql",
+            ),
             ("DROP TABLE raw".to_string(), features.clone(), "clean.sql"),
-            (repo_sql("clean.sql"), features.replace("    flight_phase,\n", ""), "flight_phase"),
-            (repo_sql("clean.sql"), features.replace("_seq\nFROM continuity", "_seq, now() AS processing_timestamp\nFROM continuity"), "processing_timestamp"),
+            (
+                repo_sql("clean.sql"),
+                features.replace("    flight_phase,\n", ""),
+                "flight_phase",
+            ),
+            (
+                repo_sql("clean.sql"),
+                features.replace(
+                    "_seq\nFROM continuity",
+                    "_seq, now() AS processing_timestamp\nFROM continuity",
+                ),
+                "processing_timestamp",
+            ),
         ];
         for (clean, features, expected) in cases {
-            let e = pipeline_with(&clean, &features).await.unwrap_err().to_string();
+            let e = pipeline_with(&clean, &features)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(expected), "{expected}: {e}");
         }
     }

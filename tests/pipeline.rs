@@ -60,8 +60,15 @@ fn messages(payloads: &[Vec<u8>]) -> Vec<Message> {
 }
 
 async fn processor(archive: Option<PathBuf>) -> (Processor, Arc<ProcessStats>) {
+    processor_with_sql(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"), archive).await
+}
+
+async fn processor_with_sql(
+    sql_dir: PathBuf,
+    archive: Option<PathBuf>,
+) -> (Processor, Arc<ProcessStats>) {
     let config = ProcessConfig {
-        sql_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"),
+        sql_dir,
         grid_cell_deg: 1.0,
         processed_topic: PROCESSED.into(),
         dead_letter_topic: DLQ.into(),
@@ -217,4 +224,68 @@ fn parquet_rows(path: &Path) -> usize {
         .build()
         .unwrap();
     reader.map(|b| b.unwrap().num_rows()).sum()
+}
+
+#[tokio::test]
+async fn a_record_the_sql_cannot_handle_is_dead_lettered_and_its_neighbours_go_on() {
+    // A user's features.sql that casts the callsign to a number: fine for numeric callsigns,
+    // a run-time error for any other.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    std::fs::copy(repo.join("clean.sql"), dir.path().join("clean.sql")).unwrap();
+    let features = std::fs::read_to_string(repo.join("features.sql"))
+        .unwrap()
+        .replace(
+            "    _seq\nFROM continuity",
+            "    CAST(callsign AS INT) AS callsign_number,\n    _seq\nFROM continuity",
+        );
+    assert!(features.contains("callsign_number"));
+    std::fs::write(dir.path().join("features.sql"), features).unwrap();
+    let (mut p, stats) = processor_with_sql(dir.path().to_path_buf(), None).await;
+
+    let mut payloads: Vec<Vec<u8>> = inputs()
+        .into_iter()
+        .filter(|p| p.starts_with(b"{"))
+        .take(50)
+        .collect();
+    for (i, payload) in payloads.iter_mut().enumerate() {
+        let mut v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        v["callsign"] = if i == 17 {
+            "DLH4AB".into()
+        } else {
+            format!("{}", 1000 + i).into()
+        };
+        *payload = serde_json::to_vec(&v).unwrap();
+    }
+    let out = p.process(&messages(&payloads)).await.unwrap();
+    let (processed, dead) = split(&out);
+    assert_eq!(processed.len(), 49);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].reason, "sql_error");
+    assert_eq!(dead[0].source_offset, Some(17));
+    assert!(
+        dead[0].message.contains("features.sql"),
+        "{}",
+        dead[0].message
+    );
+    let numbers: Vec<i64> = processed
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["callsign_number"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(numbers.len(), 49);
+    assert!(!numbers.contains(&1017));
+    assert_eq!(
+        stats.consumed.load(std::sync::atomic::Ordering::Relaxed),
+        50
+    );
+    assert_eq!(
+        stats
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }

@@ -102,21 +102,71 @@ impl Processor {
 
     /// Processes one micro-batch; returns the records to publish with its commit. The
     /// Parquet files are written (and durable) before this returns.
+    ///
+    /// A record that makes the SQL fail at run time (a cast its values do not survive, say)
+    /// does not stop the stage: the batch is processed again one record at a time, which
+    /// gives the same results for the others, and the failing record is dead-lettered with
+    /// reason `sql_error`.
     pub async fn process(&mut self, messages: &[Message]) -> Result<Vec<OutRecord>> {
         let now = self.clock.now();
+        match self.process_batch(messages, now).await {
+            Err(Error::Sql { .. }) if messages.len() > 1 => {
+                tracing::warn!(
+                    records = messages.len(),
+                    "SQL failed on a micro-batch; retrying record by record"
+                );
+                let mut out = Vec::with_capacity(messages.len());
+                for one in messages.chunks(1) {
+                    match self.process_batch(one, now).await {
+                        Err(Error::Sql { path, message }) => {
+                            let reason = format!("{}: {message}", path.display());
+                            out.push(self.dead_letter(&one[0], "sql_error", reason, now));
+                            self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => out.extend(other?),
+                    }
+                }
+                Ok(out)
+            }
+            Err(Error::Sql { path, message }) if messages.len() == 1 => {
+                self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                let reason = format!("{}: {message}", path.display());
+                Ok(vec![self.dead_letter(
+                    &messages[0],
+                    "sql_error",
+                    reason,
+                    now,
+                )])
+            }
+            other => other,
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        m: &Message,
+        reason: &str,
+        message: String,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> OutRecord {
+        let dl = DeadLetter::new("process", reason, message, &m.payload, now).with_source(
+            &m.topic,
+            m.partition,
+            m.offset,
+        );
+        OutRecord::new(&self.config.dead_letter_topic, m.key.clone(), dl.to_json())
+    }
+
+    async fn process_batch(
+        &mut self,
+        messages: &[Message],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<OutRecord>> {
         let mut out = Vec::with_capacity(messages.len());
         let dead = |i: usize, reason: &str, message: String, out: &mut Vec<OutRecord>| {
-            let m = &messages[i];
-            let dl = DeadLetter::new("process", reason, message, &m.payload, now).with_source(
-                &m.topic,
-                m.partition,
-                m.offset,
-            );
-            out.push(OutRecord::new(
-                &self.config.dead_letter_topic,
-                m.key.clone(),
-                dl.to_json(),
-            ));
+            out.push(self.dead_letter(&messages[i], reason, message, now));
         };
 
         let decoded = decode::decode(messages)?;

@@ -16,5 +16,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod error;
 pub mod ingest;
+pub mod model;
 pub mod pipeline;
 pub mod schema;
+pub mod udf;

@@ -1,10 +1,14 @@
 -- features.sql: derived features for every state vector.
 --
--- Reads `clean` (the output of clean.sql) and `previous` (each aircraft's last report from
--- earlier micro-batches: icao24, prev_timestamp, prev_latitude, prev_longitude,
--- prev_altitude_ft). Must return exactly one row per `clean` row, keep `_seq`, and carry
+-- Reads `clean` (the output of clean.sql) and `previous` (each aircraft's last two reports
+-- from earlier micro-batches: icao24, prev_timestamp, prev_latitude, prev_longitude,
+-- prev_altitude_ft, and the same with prev2_ for the one before). Must return exactly one row per `clean` row, keep `_seq`, and carry
 -- every raw column plus the features listed in DESIGN.md; the pipeline checks this when it
 -- starts. `processing_timestamp` is added by the pipeline afterwards.
+--
+-- isolation_forest_score(...) scores with the model file (--model); its arguments must be
+-- the model's features in the model's order (checked at start-up). is_anomaly(score) is
+-- score >= the model's threshold.
 --
 -- Settings substituted before planning: ${grid_cell_deg} (--grid-cell-deg).
 WITH units AS (
@@ -25,7 +29,8 @@ phased AS (
             WHEN on_ground                                              THEN 'ground'
             WHEN altitude_ft IS NULL                                    THEN 'unknown'
             WHEN altitude_ft < 2000 AND vertical_rate_fpm >= 300        THEN 'takeoff'
-            WHEN altitude_ft < 4000 AND vertical_rate_fpm <= -300       THEN 'approach'
+            -- Low and not climbing: on approach (level segments included).
+            WHEN altitude_ft < 5000 AND vertical_rate_fpm < 300         THEN 'approach'
             WHEN vertical_rate_fpm >= 500                               THEN 'climb'
             WHEN vertical_rate_fpm <= -500                              THEN 'descent'
             ELSE 'cruise'
@@ -44,54 +49,123 @@ phase_stats (stat_phase, velocity_mean, velocity_std, altitude_mean, altitude_st
         ('descent',  300.0,  60.0, 18000.0, 9000.0),
         ('approach', 150.0,  25.0, 2000.0,  1200.0)
 ),
--- The aircraft's previous report: the one before it in this batch, else the last one from
--- an earlier batch.
+-- The aircraft's two previous reports: from this batch where it has them (by arrival
+-- order), else from `previous` (earlier batches). Comparing with the report before the
+-- previous one too tells a one-off jump (both comparisons break) from the report right
+-- after it (only the comparison with the jumped report breaks).
 linked AS (
     SELECT
         p.*,
-        CASE WHEN lag(_seq) OVER w IS NULL THEN pr.prev_timestamp ELSE lag(timestamp) OVER w END AS p_timestamp,
-        CASE WHEN lag(_seq) OVER w IS NULL THEN pr.prev_latitude  ELSE lag(latitude)  OVER w END AS p_latitude,
-        CASE WHEN lag(_seq) OVER w IS NULL THEN pr.prev_longitude ELSE lag(longitude) OVER w END AS p_longitude,
-        CASE WHEN lag(_seq) OVER w IS NULL THEN pr.prev_altitude_ft ELSE lag(altitude_ft) OVER w END AS p_altitude_ft
+        row_number() OVER w        AS rn,
+        lag(timestamp, 1) OVER w   AS l1_timestamp,
+        lag(latitude, 1) OVER w    AS l1_latitude,
+        lag(longitude, 1) OVER w   AS l1_longitude,
+        lag(altitude_ft, 1) OVER w AS l1_altitude_ft,
+        lag(timestamp, 2) OVER w   AS l2_timestamp,
+        lag(latitude, 2) OVER w    AS l2_latitude,
+        lag(longitude, 2) OVER w   AS l2_longitude,
+        lag(altitude_ft, 2) OVER w AS l2_altitude_ft,
+        pr.prev_timestamp, pr.prev_latitude, pr.prev_longitude, pr.prev_altitude_ft,
+        pr.prev2_timestamp, pr.prev2_latitude, pr.prev2_longitude, pr.prev2_altitude_ft
     FROM phased p
     LEFT JOIN previous pr ON pr.icao24 = p.icao24
     WINDOW w AS (PARTITION BY p.icao24 ORDER BY p._seq)
 ),
-continuity AS (
+-- p_*: the previous report; q_*: the one before it.
+prior AS (
     SELECT
         l.*,
+        CASE WHEN rn = 1 THEN prev_timestamp   ELSE l1_timestamp   END AS p_timestamp,
+        CASE WHEN rn = 1 THEN prev_latitude    ELSE l1_latitude    END AS p_latitude,
+        CASE WHEN rn = 1 THEN prev_longitude   ELSE l1_longitude   END AS p_longitude,
+        CASE WHEN rn = 1 THEN prev_altitude_ft ELSE l1_altitude_ft END AS p_altitude_ft,
+        CASE rn WHEN 1 THEN prev2_timestamp   WHEN 2 THEN prev_timestamp   ELSE l2_timestamp   END AS q_timestamp,
+        CASE rn WHEN 1 THEN prev2_latitude    WHEN 2 THEN prev_latitude    ELSE l2_latitude    END AS q_latitude,
+        CASE rn WHEN 1 THEN prev2_longitude   WHEN 2 THEN prev_longitude   ELSE l2_longitude   END AS q_longitude,
+        CASE rn WHEN 1 THEN prev2_altitude_ft WHEN 2 THEN prev_altitude_ft ELSE l2_altitude_ft END AS q_altitude_ft
+    FROM linked l
+),
+continuity AS (
+    SELECT
+        c.*,
         date_part('epoch', timestamp) - date_part('epoch', p_timestamp) AS seconds_since_previous,
+        date_part('epoch', timestamp) - date_part('epoch', q_timestamp) AS q_seconds,
         2 * 6371.0088 * asin(sqrt(
             power(sin(radians(latitude - p_latitude) / 2), 2)
             + cos(radians(p_latitude)) * cos(radians(latitude))
               * power(sin(radians(longitude - p_longitude) / 2), 2)
-        )) AS position_jump_km
-    FROM linked l
+        )) AS position_jump_km,
+        2 * 6371.0088 * asin(sqrt(
+            power(sin(radians(latitude - q_latitude) / 2), 2)
+            + cos(radians(q_latitude)) * cos(radians(latitude))
+              * power(sin(radians(longitude - q_longitude) / 2), 2)
+        )) AS q_jump_km
+    FROM prior c
+),
+-- What the earlier reports imply against what this one says, in knots and ft/min: a
+-- frozen position or a teleport breaks the speed, an altitude jump or a vertical-rate
+-- spike the climb rate. A report whose position was not refreshed (same time as the
+-- previous one) says nothing new and gets no comparison. On the ground the altitude does
+-- not change, so any reported vertical rate is a mismatch.
+rates AS (
+    SELECT
+        r.*,
+        CASE WHEN seconds_since_previous > 0
+             THEN position_jump_km / 1.852 / (seconds_since_previous / 3600.0) END AS implied_speed_knots,
+        CASE WHEN seconds_since_previous > 0
+             THEN position_jump_km / 1.852 / (seconds_since_previous / 3600.0) - velocity_knots END AS p_speed_mismatch,
+        CASE WHEN seconds_since_previous > 0 AND q_seconds > 0
+             THEN q_jump_km / 1.852 / (q_seconds / 3600.0) - velocity_knots END AS q_speed_mismatch,
+        CASE WHEN on_ground THEN -vertical_rate_fpm
+             WHEN seconds_since_previous > 0
+             THEN (altitude_ft - p_altitude_ft) / (seconds_since_previous / 60.0) - vertical_rate_fpm END AS p_climb_mismatch,
+        CASE WHEN on_ground THEN NULL
+             WHEN seconds_since_previous > 0 AND q_seconds > 0
+             THEN (altitude_ft - q_altitude_ft) / (q_seconds / 60.0) - vertical_rate_fpm END AS q_climb_mismatch
+    FROM continuity r
+),
+featured AS (
+    SELECT
+        timestamp, icao24, callsign, origin_country, latitude, longitude, velocity,
+        baro_altitude, geo_altitude, vertical_rate, heading, on_ground, squawk, spi,
+        position_source, category, sensors, last_contact, ingest_timestamp,
+        velocity_knots,
+        altitude_ft,
+        vertical_rate_fpm,
+        flight_phase,
+        hour,
+        day_of_week,
+        sin(2 * pi() * hour / 24.0)        AS hour_sin,
+        cos(2 * pi() * hour / 24.0)        AS hour_cos,
+        sin(2 * pi() * day_of_week / 7.0)  AS day_of_week_sin,
+        cos(2 * pi() * day_of_week / 7.0)  AS day_of_week_cos,
+        -- Cell indices from 0 at (-180, -90); the east and north edges belong to the last cell.
+        CAST(least(floor((longitude + 180) / ${grid_cell_deg}), ceil(360 / ${grid_cell_deg}) - 1) AS INT) AS grid_x,
+        CAST(least(floor((latitude + 90) / ${grid_cell_deg}), ceil(180 / ${grid_cell_deg}) - 1) AS INT)   AS grid_y,
+        (velocity_knots - s.velocity_mean) / s.velocity_std      AS velocity_anomaly,
+        (altitude_ft - s.altitude_mean) / s.altitude_std         AS altitude_anomaly,
+        seconds_since_previous,
+        position_jump_km,
+        implied_speed_knots,
+        altitude_ft - p_altitude_ft                              AS altitude_change_ft,
+        -- The smaller mismatch of the two comparisons (see `linked`).
+        CASE WHEN q_speed_mismatch IS NULL OR abs(p_speed_mismatch) <= abs(q_speed_mismatch)
+             THEN p_speed_mismatch ELSE q_speed_mismatch END     AS speed_mismatch_knots,
+        CASE WHEN q_climb_mismatch IS NULL OR abs(p_climb_mismatch) <= abs(q_climb_mismatch)
+             THEN p_climb_mismatch ELSE q_climb_mismatch END     AS climb_mismatch_fpm,
+        CASE WHEN squawk IN ('7500', '7600', '7700') THEN 1.0 ELSE 0.0 END AS emergency_squawk,
+        _seq
+    FROM rates
+    LEFT JOIN phase_stats s ON s.stat_phase = flight_phase
+),
+-- The anomaly model: its features, in the order the model file lists them.
+scored AS (
+    SELECT
+        f.*,
+        isolation_forest_score(
+            speed_mismatch_knots, climb_mismatch_fpm, implied_speed_knots, emergency_squawk
+        ) AS anomaly_score
+    FROM featured f
 )
-SELECT
-    timestamp, icao24, callsign, origin_country, latitude, longitude, velocity,
-    baro_altitude, geo_altitude, vertical_rate, heading, on_ground, squawk, spi,
-    position_source, category, sensors, last_contact, ingest_timestamp,
-    velocity_knots,
-    altitude_ft,
-    vertical_rate_fpm,
-    flight_phase,
-    hour,
-    day_of_week,
-    sin(2 * pi() * hour / 24.0)        AS hour_sin,
-    cos(2 * pi() * hour / 24.0)        AS hour_cos,
-    sin(2 * pi() * day_of_week / 7.0)  AS day_of_week_sin,
-    cos(2 * pi() * day_of_week / 7.0)  AS day_of_week_cos,
-    -- Cell indices from 0 at (-180, -90); the east and north edges belong to the last cell.
-    CAST(least(floor((longitude + 180) / ${grid_cell_deg}), ceil(360 / ${grid_cell_deg}) - 1) AS INT) AS grid_x,
-    CAST(least(floor((latitude + 90) / ${grid_cell_deg}), ceil(180 / ${grid_cell_deg}) - 1) AS INT)   AS grid_y,
-    (velocity_knots - s.velocity_mean) / s.velocity_std      AS velocity_anomaly,
-    (altitude_ft - s.altitude_mean) / s.altitude_std         AS altitude_anomaly,
-    seconds_since_previous,
-    position_jump_km,
-    CASE WHEN seconds_since_previous > 0
-         THEN position_jump_km / 1.852 / (seconds_since_previous / 3600.0) END AS implied_speed_knots,
-    altitude_ft - p_altitude_ft                              AS altitude_change_ft,
-    _seq
-FROM continuity
-LEFT JOIN phase_stats s ON s.stat_phase = flight_phase
+SELECT s.*, is_anomaly(anomaly_score) AS is_anomaly
+FROM scored s

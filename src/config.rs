@@ -33,6 +33,12 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Consume the raw topic in micro-batches, run the SQL pipeline, publish and archive (Kafka).
     Process(ProcessArgs),
+    /// Write simulator output, as ingest would publish it, to a JSON-lines file.
+    Simulate(SimulateArgs),
+    /// Run the SQL pipeline over a raw JSON-lines file and write the result as Parquet.
+    Features(FeaturesArgs),
+    /// Train the anomaly model from raw JSON lines or processed Parquet.
+    Train(TrainArgs),
     /// Manage Contrail's Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -156,21 +162,24 @@ pub struct SimulatorArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
-    /// Folder holding clean.sql and features.sql.
-    #[arg(long, env = "CONTRAIL_SQL_DIR", default_value = "sql")]
-    pub sql_dir: PathBuf,
+    #[command(flatten)]
+    pub sql: SqlArgs,
     /// Root of the Parquet archive.
     #[arg(long, env = "CONTRAIL_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// Do not write the Parquet archive.
     #[arg(long, env = "CONTRAIL_NO_ARCHIVE")]
     pub no_archive: bool,
-    /// Grid cell size in degrees for grid_x/grid_y.
-    #[arg(long, env = "CONTRAIL_GRID_CELL_DEG", default_value_t = 1.0, value_parser = grid_cell)]
-    pub grid_cell_deg: f64,
     /// Most records in one micro-batch.
     #[arg(long, env = "CONTRAIL_BATCH_MAX_RECORDS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub batch_max_records: u64,
+    /// Anomaly model file (made by `contrail train`); hot-reloaded when it changes.
+    #[arg(
+        long,
+        env = "CONTRAIL_MODEL",
+        default_value = "models/flight_anomaly_detector.json"
+    )]
+    pub model: PathBuf,
     /// Longest wait for a micro-batch to fill, in milliseconds.
     #[arg(long, env = "CONTRAIL_BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub batch_max_wait_ms: u64,
@@ -232,6 +241,72 @@ pub struct ProcessArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub simulator: SimulatorArgs,
+    /// Output file: one raw record (JSON) per line, validated and deduplicated.
+    #[arg(long, env = "CONTRAIL_OUT")]
+    pub out: PathBuf,
+    /// Where records that fail validation go [default: OUT with .dead-letter.jsonl].
+    #[arg(long, env = "CONTRAIL_DEAD_LETTER_OUT")]
+    pub dead_letter_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SqlArgs {
+    /// Folder holding clean.sql and features.sql.
+    #[arg(long, env = "CONTRAIL_SQL_DIR", default_value = "sql")]
+    pub sql_dir: PathBuf,
+    /// Grid cell size in degrees for grid_x/grid_y.
+    #[arg(long, env = "CONTRAIL_GRID_CELL_DEG", default_value_t = 1.0, value_parser = grid_cell)]
+    pub grid_cell_deg: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub sql: SqlArgs,
+    /// Raw records, one JSON object per line (e.g. from `contrail simulate`).
+    #[arg(long, env = "CONTRAIL_INPUT")]
+    pub input: PathBuf,
+    /// Parquet file to write.
+    #[arg(long, env = "CONTRAIL_OUTPUT")]
+    pub output: PathBuf,
+    /// Anomaly model file; without it the score columns are null.
+    #[arg(long, env = "CONTRAIL_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub sql: SqlArgs,
+    /// Training data: a raw JSON-lines file (run through the SQL features), or processed
+    /// Parquet (a file, or an archive folder such as data/processed).
+    #[arg(long, env = "CONTRAIL_INPUT")]
+    pub input: PathBuf,
+    /// Model file to write.
+    #[arg(
+        long,
+        env = "CONTRAIL_MODEL_OUT",
+        default_value = "models/flight_anomaly_detector.json"
+    )]
+    pub output: PathBuf,
+    /// Number of trees.
+    #[arg(long, env = "CONTRAIL_TREES", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub trees: u64,
+    /// Rows drawn for each tree.
+    #[arg(long, env = "CONTRAIL_MAX_SAMPLES", default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..=1_000_000))]
+    pub max_samples: u64,
+    /// Share of training rows to flag (sets the threshold) [default: threshold 0.5].
+    #[arg(long, env = "CONTRAIL_CONTAMINATION", value_parser = contamination)]
+    pub contamination: Option<f64>,
+    /// Training seed.
+    #[arg(long, env = "CONTRAIL_TRAIN_SEED", default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct TopicsCreateArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -249,6 +324,13 @@ fn probability(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
         _ => Err(format!("{s:?} is not a probability between 0 and 1")),
+    }
+}
+
+fn contamination(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if c > 0.0 && c < 0.5 => Ok(c),
+        _ => Err(format!("{s:?} is not a share in (0, 0.5)")),
     }
 }
 

@@ -69,6 +69,11 @@ pub const PROCESSED_FEATURES: &[&str] = &[
     "position_jump_km",
     "implied_speed_knots",
     "altitude_change_ft",
+    "speed_mismatch_knots",
+    "climb_mismatch_fpm",
+    "emergency_squawk",
+    "anomaly_score",
+    "is_anomaly",
 ];
 
 /// Stamped by the pipeline (from its injected clock) after the SQL stages ran.

@@ -75,6 +75,9 @@ async fn processor_with_sql(
         archive_dir: archive,
         batch_max_records: 1000,
         batch_max_wait: std::time::Duration::from_millis(10),
+        model_path: Some(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/flight_anomaly_detector.json"),
+        ),
     };
     let stats = Arc::new(ProcessStats::default());
     let clock = ManualClock::new(1_795_600_500_000_000);
@@ -236,8 +239,8 @@ async fn a_record_the_sql_cannot_handle_is_dead_lettered_and_its_neighbours_go_o
     let features = std::fs::read_to_string(repo.join("features.sql"))
         .unwrap()
         .replace(
-            "    _seq\nFROM continuity",
-            "    CAST(callsign AS INT) AS callsign_number,\n    _seq\nFROM continuity",
+            "AS is_anomaly\nFROM scored",
+            "AS is_anomaly, CAST(callsign AS INT) AS callsign_number\nFROM scored",
         );
     assert!(features.contains("callsign_number"));
     std::fs::write(dir.path().join("features.sql"), features).unwrap();

@@ -7,6 +7,7 @@
 //!   records produced from it. On Kafka that commit is one transaction holding the outputs
 //!   and the consumer offsets, which is what makes the pipeline exactly-once.
 
+pub mod file;
 pub mod kafka;
 pub mod memory;
 

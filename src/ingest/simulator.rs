@@ -115,6 +115,17 @@ struct ActiveAnomaly {
     started: bool,
 }
 
+/// A reported position: ADS-B sends altitude in the same message as the position, so a
+/// stale `time_position` comes with the altitude of that time.
+#[derive(Debug, Clone, Copy)]
+struct Fix {
+    lat: f64,
+    lon: f64,
+    time: i64,
+    baro: Option<f64>,
+    geo: Option<f64>,
+}
+
 #[derive(Debug, Clone)]
 struct Aircraft {
     icao24: String,
@@ -141,7 +152,7 @@ struct Aircraft {
     next_report: i64,
     updated_at: i64,
     /// Last reported position and its time (for stale `time_position`).
-    last_fix: Option<(f64, f64, i64)>,
+    last_fix: Option<Fix>,
     anomaly: Option<ActiveAnomaly>,
 }
 
@@ -249,24 +260,51 @@ impl Simulator {
             }
         }
 
-        // OpenSky quirk: now and then the position is not refreshed with the contact.
-        let frozen = a
-            .anomaly
-            .as_ref()
-            .is_some_and(|an| an.kind == AnomalyKind::FrozenPosition);
-        let stale = !frozen && a.last_fix.is_some() && rng.random_bool(0.02);
-        let (mut lat, mut lon, time_position) = match (stale, a.last_fix) {
-            (true, Some(fix)) => fix,
-            _ => (a.lat, a.lon, now - rng.random_range(0..=1)),
-        };
+        // The position message arrived some fraction of a second after `now`; OpenSky
+        // reports its time in whole seconds, so position and time_position disagree by
+        // up to one second of flight, as in real data.
         let ground = is_on_ground(a.phase);
+        let late = rng.random_range(0.0..1.0);
+        let (lat_now, lon_now) = if a.phase == Phase::Parked {
+            (a.lat, a.lon)
+        } else {
+            destination(a.lat, a.lon, a.track, a.speed * late)
+        };
+        let fresh = Fix {
+            lat: lat_now,
+            lon: lon_now,
+            time: now,
+            baro: (!ground).then_some(a.alt_m + a.vrate * late),
+            geo: (!ground).then_some(a.alt_m + a.vrate * late + a.geo_offset_m),
+        };
+        // OpenSky quirk: now and then the position is not refreshed with the contact.
+        // (Not while an anomaly is injected: its report must carry what it manipulates.)
+        let fix = match a.last_fix {
+            Some(last)
+                if a.anomaly.is_none()
+                    && last.baro.is_none() == ground
+                    && rng.random_bool(0.02) =>
+            {
+                last
+            }
+            _ => fresh,
+        };
+        let (mut lat, mut lon, time_position) = (fix.lat, fix.lon, fix.time);
         let mut velocity = Some(a.speed);
-        let mut baro = (!ground).then_some(a.alt_m);
-        let mut geo = (!ground).then_some(a.alt_m + a.geo_offset_m);
+        let mut baro = fix.baro;
+        let mut geo = fix.geo;
         let mut vrate = Some(if ground { 0.0 } else { a.vrate });
         let mut squawk = (!rng.random_bool(0.03)).then(|| a.squawk.clone());
         let mut label = None;
 
+        // A frozen transponder stops mattering once the aircraft has landed.
+        if ground
+            && a.anomaly
+                .as_ref()
+                .is_some_and(|an| an.kind == AnomalyKind::FrozenPosition)
+        {
+            a.anomaly = None;
+        }
         if let Some(an) = a.anomaly.as_mut() {
             let kind = an.kind;
             let mut labelled = true;
@@ -325,7 +363,13 @@ impl Simulator {
             ))
         };
 
-        a.last_fix = Some((lat, lon, time_position));
+        a.last_fix = Some(Fix {
+            lat,
+            lon,
+            time: time_position,
+            baro,
+            geo,
+        });
         let timestamp = DateTime::from_timestamp(time_position, 0).unwrap_or_default();
         let record = RawRecord {
             timestamp,

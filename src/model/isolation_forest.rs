@@ -21,6 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
+/// A feature whose values in a node spread no more than this counts as constant there.
+const FEATURE_THRESHOLD: f64 = 1e-7;
 
 /// Average path length of an unsuccessful BST search among `n` points: c(n).
 pub fn average_path_length(n: usize) -> f64 {
@@ -239,13 +241,16 @@ fn grow(
         nodes[at] = Node::leaf(depth as f64 + average_path_length(idx.len()));
         return;
     }
-    // A random feature that is not constant among these rows (as scikit-learn's
-    // ExtraTreeRegressor with max_features=1 does); a leaf if every feature is constant.
+    // A feature drawn uniformly from those not constant among these rows (as
+    // scikit-learn's ExtraTreeRegressor with max_features=1 draws without replacement
+    // until it finds one); a leaf if every feature is constant.
     let n_features = data.columns.len();
-    let start = rng.random_range(0..n_features);
+    let mut order: Vec<usize> = (0..n_features).collect();
     let mut split = None;
     for k in 0..n_features {
-        let f = (start + k) % n_features;
+        let j = rng.random_range(k..n_features);
+        order.swap(k, j);
+        let f = order[k];
         let col = &data.columns[f];
         let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
         for &i in idx.iter() {
@@ -253,7 +258,9 @@ fn grow(
             lo = lo.min(v);
             hi = hi.max(v);
         }
-        if hi > lo {
+        // scikit-learn's FEATURE_THRESHOLD: a spread this small is rounding noise (features
+        // computed in SQL carry ~1e-9 residues), not something worth a split.
+        if hi > lo + FEATURE_THRESHOLD {
             split = Some((f, lo, hi));
             break;
         }

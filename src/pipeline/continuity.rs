@@ -22,6 +22,10 @@ pub static PREVIOUS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("prev_latitude", DataType::Float64, false),
         Field::new("prev_longitude", DataType::Float64, false),
         Field::new("prev_altitude_ft", DataType::Float64, true),
+        Field::new("prev2_timestamp", timestamp_type(), true),
+        Field::new("prev2_latitude", DataType::Float64, true),
+        Field::new("prev2_longitude", DataType::Float64, true),
+        Field::new("prev2_altitude_ft", DataType::Float64, true),
     ]))
 });
 
@@ -33,10 +37,10 @@ struct Fix {
     altitude_ft: Option<f64>,
 }
 
-/// The last report of every aircraft seen.
+/// The last two reports of every aircraft seen: (latest, the one before).
 #[derive(Debug, Default)]
 pub struct Continuity {
-    last: HashMap<String, Fix>,
+    last: HashMap<String, (Fix, Option<Fix>)>,
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
@@ -59,16 +63,21 @@ impl Continuity {
     pub fn previous_table(&self, icao24: &StringArray) -> Result<RecordBatch> {
         let mut seen = std::collections::HashSet::new();
         let (mut ids, mut ts, mut lat, mut lon, mut alt) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut ts2, mut lat2, mut lon2, mut alt2) = (vec![], vec![], vec![], vec![]);
         for id in icao24.iter().flatten() {
             if !seen.insert(id) {
                 continue;
             }
-            if let Some(f) = self.last.get(id) {
+            if let Some((f, g)) = self.last.get(id) {
                 ids.push(id);
                 ts.push(f.timestamp_us);
                 lat.push(f.latitude);
                 lon.push(f.longitude);
                 alt.push(f.altitude_ft);
+                ts2.push(g.map(|g| g.timestamp_us));
+                lat2.push(g.map(|g| g.latitude));
+                lon2.push(g.map(|g| g.longitude));
+                alt2.push(g.and_then(|g| g.altitude_ft));
             }
         }
         Ok(RecordBatch::try_new(
@@ -79,11 +88,15 @@ impl Continuity {
                 Arc::new(Float64Array::from(lat)),
                 Arc::new(Float64Array::from(lon)),
                 Arc::new(Float64Array::from(alt)),
+                Arc::new(TimestampMicrosecondArray::from(ts2).with_timezone("UTC")),
+                Arc::new(Float64Array::from(lat2)),
+                Arc::new(Float64Array::from(lon2)),
+                Arc::new(Float64Array::from(alt2)),
             ],
         )?)
     }
 
-    /// Remembers the last report per aircraft from a processed batch in arrival order.
+    /// Remembers the last two reports per aircraft from a processed batch in arrival order.
     pub fn update(&mut self, processed: &RecordBatch) -> Result<()> {
         let ids = column(processed, "icao24")?.as_string::<i32>();
         let ts = column(processed, "timestamp")?.as_primitive::<TimestampMicrosecondType>();
@@ -98,9 +111,12 @@ impl Continuity {
                 altitude_ft: alt.is_valid(i).then(|| alt.value(i)),
             };
             match self.last.get_mut(ids.value(i)) {
-                Some(f) => *f = fix,
+                Some((latest, before)) => {
+                    *before = Some(*latest);
+                    *latest = fix;
+                }
                 None => {
-                    self.last.insert(ids.value(i).to_string(), fix);
+                    self.last.insert(ids.value(i).to_string(), (fix, None));
                 }
             }
         }

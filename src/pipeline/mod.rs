@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
@@ -26,7 +26,9 @@ use crate::bus::{BatchConsumer, Message, OutRecord};
 use crate::clock::SharedClock;
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
+use crate::model::Model;
 use crate::schema::{PROCESSING_TIMESTAMP, SEQ_COLUMN, timestamp_type};
+use crate::udf::Scorer;
 use continuity::Continuity;
 use sql::{SqlPipeline, SqlVars, seq_values};
 
@@ -41,6 +43,9 @@ pub struct ProcessConfig {
     pub archive_dir: Option<PathBuf>,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
+    /// The anomaly model file; `None` plans the SQL with an unfitted scorer (null scores),
+    /// which is how `contrail train` computes features before a model exists.
+    pub model_path: Option<PathBuf>,
 }
 
 /// Counters of the process stage.
@@ -51,6 +56,9 @@ pub struct ProcessStats {
     pub dead_lettered: AtomicU64,
     pub batches: AtomicU64,
     pub archive_files: AtomicU64,
+    pub anomalies: AtomicU64,
+    pub model_reloads: AtomicU64,
+    pub model_rejections: AtomicU64,
 }
 
 /// Turns micro-batches into output records; holds the per-aircraft state.
@@ -62,6 +70,11 @@ pub struct Processor {
     archive: Option<ArchiveWriter>,
     clock: SharedClock,
     stats: Arc<ProcessStats>,
+    scorer: Scorer,
+    /// Modification time of the model file when it was last (re)loaded.
+    model_mtime: Option<SystemTime>,
+    /// Processed batches kept for the caller (`contrail train`, `contrail features`).
+    keep: Option<Vec<RecordBatch>>,
 }
 
 impl Processor {
@@ -81,7 +94,18 @@ impl Processor {
             format!("{:?}", config.grid_cell_deg),
         )]
         .into();
-        let sql = SqlPipeline::load(&config.sql_dir, &vars).await?;
+        let (scorer, model_mtime) = match &config.model_path {
+            Some(path) => {
+                let model = Model::load(path).map_err(|e| {
+                    Error::Config(format!(
+                        "{e} (train one with `contrail train`, or pass --model)"
+                    ))
+                })?;
+                (Scorer::fitted(model), mtime(path))
+            }
+            None => (Scorer::unfitted(), None),
+        };
+        let sql = SqlPipeline::load(&config.sql_dir, &vars, &scorer).await?;
         let archive = config
             .archive_dir
             .as_deref()
@@ -93,7 +117,62 @@ impl Processor {
             archive,
             clock,
             stats,
+            scorer,
+            model_mtime,
+            keep: None,
         })
+    }
+
+    /// The scorer the SQL calls (its model, or the features an unfitted one was asked for).
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    /// From now on, keep every processed batch for [`Processor::take_processed`].
+    pub fn keep_processed(&mut self) {
+        self.keep.get_or_insert_with(Vec::new);
+    }
+
+    pub fn take_processed(&mut self) -> Vec<RecordBatch> {
+        self.keep.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Hot reload at a batch boundary: a changed model file is loaded, validated and
+    /// swapped in; a bad one is logged and counted, and the current model keeps scoring.
+    fn reload_model_if_changed(&mut self) {
+        let Some(path) = &self.config.model_path else {
+            return;
+        };
+        let now = mtime(path);
+        if now.is_none() || now == self.model_mtime {
+            return;
+        }
+        self.model_mtime = now;
+        let current = self
+            .scorer
+            .model()
+            .map(|m| m.features.clone())
+            .unwrap_or_default();
+        match Model::load(path) {
+            Ok(model) if model.features == current => {
+                tracing::info!(path = %path.display(), threshold = model.threshold, "anomaly model reloaded");
+                self.scorer.swap(model);
+                self.stats.model_reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(model) => {
+                tracing::error!(
+                    path = %path.display(),
+                    new = %model.features.join(","),
+                    running = %current.join(","),
+                    "model file rejected: its features differ from the running SQL's; the last good model keeps scoring (restart to change features)"
+                );
+                self.stats.model_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "model file rejected; the last good model keeps scoring");
+                self.stats.model_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     pub fn archive_dir(&self) -> Option<&std::path::Path> {
@@ -108,6 +187,7 @@ impl Processor {
     /// gives the same results for the others, and the failing record is dead-lettered with
     /// reason `sql_error`.
     pub async fn process(&mut self, messages: &[Message]) -> Result<Vec<OutRecord>> {
+        self.reload_model_if_changed();
         let now = self.clock.now();
         match self.process_batch(messages, now).await {
             Err(Error::Sql { .. }) if messages.len() > 1 => {
@@ -205,6 +285,17 @@ impl Processor {
         self.continuity.update(&features)?;
         let seq = seq_values(&features);
         let processed = finish(&features, now.timestamp_micros())?;
+        if let Some(flags) = processed
+            .column_by_name("is_anomaly")
+            .and_then(|c| c.as_boolean_opt())
+        {
+            self.stats
+                .anomalies
+                .fetch_add(flags.true_count() as u64, Ordering::Relaxed);
+        }
+        if let Some(keep) = self.keep.as_mut() {
+            keep.push(processed.clone());
+        }
 
         for (row, key) in encode::to_json_rows(&processed)?
             .into_iter()
@@ -318,4 +409,8 @@ pub async fn run_process(
         let outputs = processor.process(&messages).await?;
         consumer.commit(outputs).await?;
     }
+}
+
+fn mtime(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }

@@ -15,12 +15,14 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::continuity::PREVIOUS_SCHEMA;
 use super::decode::raw_with_seq_schema;
 use crate::error::{Error, Result};
 use crate::schema::{PROCESSING_TIMESTAMP, SEQ_COLUMN, processed_contract_columns};
+use crate::udf::{IsAnomaly, IsolationForestScore, Scorer};
 
 /// Settings the SQL files may reference as `${name}`.
 pub type SqlVars = BTreeMap<String, String>;
@@ -109,15 +111,18 @@ impl std::fmt::Debug for SqlPipeline {
 
 impl SqlPipeline {
     /// Loads `clean.sql` and `features.sql` from `dir` and checks them.
-    pub async fn load(dir: &Path, vars: &SqlVars) -> Result<Self> {
+    pub async fn load(dir: &Path, vars: &SqlVars, scorer: &Scorer) -> Result<Self> {
         let clean = SqlFile::load(&dir.join("clean.sql"), vars)?;
         let features = SqlFile::load(&dir.join("features.sql"), vars)?;
         let config = SessionConfig::new()
             // A micro-batch is small; one partition avoids repartitioning it per query.
             .with_target_partitions(1)
             .with_information_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(ScalarUDF::from(IsolationForestScore::new(scorer.clone())));
+        ctx.register_udf(ScalarUDF::from(IsAnomaly::new(scorer.clone())));
         let pipeline = Self {
-            ctx: SessionContext::new_with_config(config),
+            ctx,
             clean,
             features,
         };
@@ -246,7 +251,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("clean.sql"), clean).unwrap();
         std::fs::write(dir.path().join("features.sql"), features).unwrap();
-        SqlPipeline::load(dir.path(), &vars()).await
+        SqlPipeline::load(dir.path(), &vars(), &Scorer::unfitted()).await
     }
 
     fn repo_sql(name: &str) -> String {
@@ -284,8 +289,8 @@ mod tests {
             (
                 repo_sql("clean.sql"),
                 features.replace(
-                    "_seq\nFROM continuity",
-                    "_seq, now() AS processing_timestamp\nFROM continuity",
+                    "AS is_anomaly\nFROM scored",
+                    "AS is_anomaly, now() AS processing_timestamp\nFROM scored",
                 ),
                 "processing_timestamp",
             ),

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+mod offline;
+
 use anyhow::Context as _;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -16,13 +18,14 @@ use crate::bus::kafka::{
 use crate::bus::memory::MemoryBus;
 use crate::bus::{BatchConsumer, Publisher};
 use crate::clock::{SharedClock, SystemClock};
+use crate::config::SimulatorArgs;
 use crate::config::{
     Cli, Command, DemoArgs, IngestArgs, PipelineArgs, ProcessArgs, SourceArgs, SourceKind,
     TopicArgs, TopicsCommand, TopicsCreateArgs,
 };
 use crate::dead_letter::DeadLetter;
 use crate::ingest::simulator::SimulatorConfig;
-use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, run_ingest};
+use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, Speed, run_ingest};
 use crate::pipeline::{ProcessConfig, ProcessStats, Processor, run_process};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -30,6 +33,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(args).await,
         Command::Ingest(args) => ingest(args).await,
         Command::Process(args) => process(args).await,
+        Command::Simulate(args) => offline::simulate(args).await,
+        Command::Features(args) => offline::features(args).await,
+        Command::Train(args) => offline::train(args).await,
         Command::Topics {
             action: TopicsCommand::Create(args),
         } => topics_create(args).await,
@@ -38,36 +44,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn build_source(args: &SourceArgs) -> anyhow::Result<Box<dyn Source>> {
     match args.source {
-        SourceKind::Simulator => {
-            let s = &args.simulator;
-            let start = s.start_time.unwrap_or_else(chrono::Utc::now);
-            let config = SimulatorConfig {
-                seed: s.seed,
-                aircraft: s.aircraft as usize,
-                anomaly_rate: s.anomaly_rate,
-                invalid_rate: s.invalid_rate,
-                report_interval_s: s.report_interval,
-                start,
-            };
-            Ok(Box::new(SimulatorSource::new(
-                config,
-                s.speed,
-                s.max_records,
-                s.labels_out.clone(),
-            )?))
-        }
+        SourceKind::Simulator => Ok(Box::new(simulator_source(
+            &args.simulator,
+            args.simulator.speed,
+        )?)),
     }
+}
+
+fn simulator_source(s: &SimulatorArgs, speed: Speed) -> anyhow::Result<SimulatorSource> {
+    let config = SimulatorConfig {
+        seed: s.seed,
+        aircraft: s.aircraft as usize,
+        anomaly_rate: s.anomaly_rate,
+        invalid_rate: s.invalid_rate,
+        report_interval_s: s.report_interval,
+        start: s.start_time.unwrap_or_else(chrono::Utc::now),
+    };
+    Ok(SimulatorSource::new(
+        config,
+        speed,
+        s.max_records,
+        s.labels_out.clone(),
+    )?)
 }
 
 fn process_config(p: &PipelineArgs, topics: &TopicArgs) -> ProcessConfig {
     ProcessConfig {
-        sql_dir: p.sql_dir.clone(),
-        grid_cell_deg: p.grid_cell_deg,
+        sql_dir: p.sql.sql_dir.clone(),
+        grid_cell_deg: p.sql.grid_cell_deg,
         processed_topic: topics.topic_processed.clone(),
         dead_letter_topic: topics.topic_dead_letter.clone(),
         archive_dir: (!p.no_archive).then(|| p.data_dir.clone()),
         batch_max_records: p.batch_max_records as usize,
         batch_max_wait: p.batch_max_wait(),
+        model_path: Some(p.model.clone()),
     }
 }
 

@@ -292,3 +292,147 @@ async fn a_record_the_sql_cannot_handle_is_dead_lettered_and_its_neighbours_go_o
         1
     );
 }
+
+fn default_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/flight_anomaly_detector.json")
+}
+
+async fn processor_with_model(
+    model: PathBuf,
+) -> Result<(Processor, Arc<ProcessStats>), contrail::error::Error> {
+    let config = ProcessConfig {
+        sql_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"),
+        grid_cell_deg: 1.0,
+        processed_topic: PROCESSED.into(),
+        dead_letter_topic: DLQ.into(),
+        archive_dir: None,
+        batch_max_records: 1000,
+        batch_max_wait: std::time::Duration::from_millis(10),
+        model_path: Some(model),
+    };
+    let stats = Arc::new(ProcessStats::default());
+    let p = Processor::new(
+        config,
+        ManualClock::new(1_795_600_500_000_000),
+        Arc::clone(&stats),
+    )
+    .await?;
+    Ok((p, stats))
+}
+
+/// Writes `value` as the model file and moves its modification time forward.
+fn write_model(path: &Path, value: &serde_json::Value, generation: u64) {
+    std::fs::write(path, serde_json::to_vec(value).unwrap()).unwrap();
+    let t = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_secs(1_800_000_000 + generation);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+fn flagged(out: &[OutRecord]) -> usize {
+    split(out)
+        .0
+        .iter()
+        .filter(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["is_anomaly"] == true
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn the_model_reloads_at_a_batch_boundary_and_a_bad_file_keeps_the_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(default_model()).unwrap()).unwrap();
+    write_model(&path, &good, 0);
+    let (mut p, stats) = processor_with_model(path.clone()).await.unwrap();
+    let msgs = messages(&inputs()[..2000]);
+    let before = flagged(&p.process(&msgs[..1000]).await.unwrap());
+
+    // A corrupt file: rejected, counted, and the old model keeps scoring the same way.
+    std::fs::write(
+        &path,
+        b"{\"format\": \"contrail-isolation-forest\", \"format_version\": 1, \"features\": [",
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_001),
+        )
+        .unwrap();
+    // What the good model makes of the second half, continuing from the same first half.
+    let (mut q, _) = processor_with_model(default_model()).await.unwrap();
+    q.process(&msgs[..1000]).await.unwrap();
+    let expected = flagged(&q.process(&msgs[1000..]).await.unwrap());
+    let out = p.process(&msgs[1000..]).await.unwrap();
+    assert_eq!(
+        stats
+            .model_rejections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        stats
+            .model_reloads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(flagged(&out), expected);
+
+    // A valid model with a higher threshold: swapped in, fewer records flagged.
+    let mut strict = good.clone();
+    strict["threshold"] = 0.99.into();
+    write_model(&path, &strict, 2);
+    let out = p.process(&msgs[..1000]).await.unwrap();
+    assert_eq!(
+        stats
+            .model_reloads
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(before > 0, "the default model flags some of these records");
+    assert_eq!(flagged(&out), 0, "threshold 0.99 flags nothing here");
+
+    // A valid model whose features differ from the running SQL's: rejected.
+    let mut other = good.clone();
+    other["features"][0] = "velocity_knots".into();
+    write_model(&path, &other, 3);
+    p.process(&msgs[..10]).await.unwrap();
+    assert_eq!(
+        stats
+            .model_rejections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_model_that_does_not_match_features_sql_stops_the_start_with_both_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    let mut model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(default_model()).unwrap()).unwrap();
+    model["features"][1] = "altitude_ft".into();
+    write_model(&path, &model, 0);
+    let e = processor_with_model(path).await.unwrap_err().to_string();
+    assert!(
+        e.contains("features.sql") && e.contains("climb_mismatch_fpm") && e.contains("altitude_ft"),
+        "{e}"
+    );
+    let e = processor_with_model(dir.path().join("missing.json"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing.json") && e.contains("contrail train"),
+        "{e}"
+    );
+}

@@ -129,13 +129,97 @@ impl Default for ForestParams {
 }
 
 /// A trained forest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IsolationForest {
     pub n_features: usize,
     /// Rows each tree was grown on (psi).
     pub sample_size: usize,
     pub trees: Vec<Tree>,
+    /// The scoring layout, derived from `trees` on first use.
+    #[serde(skip)]
+    compiled: std::sync::OnceLock<Compiled>,
 }
+
+impl PartialEq for IsolationForest {
+    fn eq(&self, other: &Self) -> bool {
+        self.n_features == other.n_features
+            && self.sample_size == other.sample_size
+            && self.trees == other.trees
+    }
+}
+
+/// Every tree padded to a complete binary tree of the forest's depth: a row walks exactly
+/// `depth` levels with `i = 2i + 1 + (x[f] >= t)`, no branch on node kind, and a leaf
+/// shallower than `depth` is copied to every leaf slot below it. Trees sit side by side.
+#[derive(Debug, Clone)]
+struct Compiled {
+    depth: usize,
+    /// Per tree: 2^depth - 1 internal nodes, then 2^depth leaves.
+    feature: Vec<u32>,
+    threshold: Vec<f64>,
+    leaf: Vec<f64>,
+}
+
+impl Compiled {
+    fn new(trees: &[Tree]) -> Self {
+        fn height(t: &Tree, i: usize) -> usize {
+            let n = t.nodes[i];
+            if n.feature == Node::LEAF {
+                0
+            } else {
+                1 + height(t, n.left as usize).max(height(t, n.left as usize + 1))
+            }
+        }
+        let depth = trees.iter().map(|t| height(t, 0)).max().unwrap_or(0);
+        let internal = (1usize << depth) - 1;
+        let leaves = 1usize << depth;
+        let mut c = Compiled {
+            depth,
+            feature: vec![0; internal * trees.len()],
+            threshold: vec![0.0; internal * trees.len()],
+            leaf: vec![0.0; leaves * trees.len()],
+        };
+        for (k, t) in trees.iter().enumerate() {
+            c.fill(t, 0, 0, 0, k * internal, k * leaves);
+        }
+        c
+    }
+
+    /// Places source node `src` at complete-tree position `at` of level `level`.
+    fn fill(
+        &mut self,
+        t: &Tree,
+        src: usize,
+        at: usize,
+        level: usize,
+        base: usize,
+        leaf_base: usize,
+    ) {
+        let n = t.nodes[src];
+        if n.feature == Node::LEAF {
+            // Every leaf slot under `at` gets this path length; the pass-through nodes
+            // above them keep feature 0 / threshold 0, which route either way.
+            let span = 1usize << (self.depth - level);
+            let first = ((at + 1) << (self.depth - level)) - 1 - ((1usize << self.depth) - 1);
+            self.leaf[leaf_base + first..leaf_base + first + span].fill(n.value);
+            return;
+        }
+        self.feature[base + at] = n.feature;
+        self.threshold[base + at] = n.value;
+        self.fill(t, n.left as usize, 2 * at + 1, level + 1, base, leaf_base);
+        self.fill(
+            t,
+            n.left as usize + 1,
+            2 * at + 2,
+            level + 1,
+            base,
+            leaf_base,
+        );
+    }
+}
+
+/// Rows scored together per tree: independent walks the CPU overlaps.
+const BLOCK: usize = 64;
 
 /// Column-major view of training data: `columns[f][row]`.
 struct Columns<'a> {
@@ -143,6 +227,15 @@ struct Columns<'a> {
 }
 
 impl IsolationForest {
+    pub fn new(n_features: usize, sample_size: usize, trees: Vec<Tree>) -> Self {
+        Self {
+            n_features,
+            sample_size,
+            trees,
+            compiled: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Trains on `columns` (one `Vec` per feature, all the same length, no NaN).
     pub fn fit(columns: &[Vec<f64>], params: &ForestParams) -> Result<Self, String> {
         let n_features = columns.len();
@@ -188,14 +281,11 @@ impl IsolationForest {
                 });
             }
         });
-        Ok(Self {
-            n_features,
-            sample_size: psi,
-            trees: trees
-                .into_iter()
-                .map(|t| t.expect("every tree grown"))
-                .collect(),
-        })
+        let trees = trees
+            .into_iter()
+            .map(|t| t.expect("every tree grown"))
+            .collect();
+        Ok(Self::new(n_features, psi, trees))
     }
 
     /// Anomaly score of one row: 2^(-E[h(x)] / c(psi)).
@@ -209,20 +299,35 @@ impl IsolationForest {
         if c == 0.0 { 1.0 } else { 2f64.powf(-mean / c) }
     }
 
-    /// Scores `rows` rows laid out row-major in `data` (`n_features` values each) into
-    /// `out`. Trees are the outer loop so each stays in cache while every row walks it.
+    /// Scores rows laid out row-major in `data` (`n_features` values each) into `out`.
+    /// Blocks of rows walk every tree before the next block, so a block's features stay
+    /// in L1 while the forest streams from L2.
     pub fn score_rows(&self, data: &[f64], out: &mut Vec<f64>) {
-        let rows = data.len() / self.n_features.max(1);
+        let n = self.n_features.max(1);
+        let rows = data.len() / n;
         out.clear();
         out.resize(rows, 0.0);
-        for tree in &self.trees {
-            for (acc, row) in out.iter_mut().zip(data.chunks_exact(self.n_features)) {
-                *acc += tree.path_length(row);
+        let c = self.compiled.get_or_init(|| Compiled::new(&self.trees));
+        let internal = (1usize << c.depth) - 1;
+        let leaves = 1usize << c.depth;
+        for (block, acc) in data.chunks(BLOCK * n).zip(out.chunks_mut(BLOCK)) {
+            for t in 0..self.trees.len() {
+                let feature = &c.feature[t * internal..(t + 1) * internal];
+                let threshold = &c.threshold[t * internal..(t + 1) * internal];
+                let leaf = &c.leaf[t * leaves..(t + 1) * leaves];
+                for (a, row) in acc.iter_mut().zip(block.chunks_exact(n)) {
+                    let mut i = 0usize;
+                    for _ in 0..c.depth {
+                        let go_right = row[feature[i] as usize] >= threshold[i];
+                        i = 2 * i + 1 + usize::from(go_right);
+                    }
+                    *a += leaf[i - internal];
+                }
             }
         }
-        let n = self.trees.len() as f64;
+        let trees = self.trees.len() as f64;
         for s in out.iter_mut() {
-            *s = self.score_from_mean_path(*s / n);
+            *s = self.score_from_mean_path(*s / trees);
         }
     }
 }
@@ -344,6 +449,34 @@ mod tests {
         assert_eq!(forest, again);
         let other = IsolationForest::fit(&cols, &ForestParams { seed: 8, ..params }).unwrap();
         assert_ne!(forest, other);
+    }
+
+    #[test]
+    fn compiled_layout_scores_exactly_like_the_trees() {
+        let cols = gaussian_cloud(3000, 4);
+        let forest = IsolationForest::fit(
+            &cols,
+            &ForestParams {
+                n_estimators: 30,
+                max_samples: 200,
+                seed: 9,
+            },
+        )
+        .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        // Inside, outside and far outside the training range; more rows than one block.
+        let rows: Vec<f64> = (0..3 * 150)
+            .map(|_| rng.random_range(-20.0..20.0))
+            .collect();
+        let mut out = Vec::new();
+        forest.score_rows(&rows, &mut out);
+        assert_eq!(out.len(), 150);
+        for (i, s) in out.iter().enumerate() {
+            assert!(
+                (s - forest.score_row(&rows[i * 3..i * 3 + 3])).abs() < 1e-12,
+                "row {i}"
+            );
+        }
     }
 
     #[test]

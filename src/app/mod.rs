@@ -195,11 +195,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn status_line(ingest: &IngestStats, process: &ProcessStats, rate: f64) -> String {
     let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     format!(
-        "read {} | published {} | duplicates {} | processed {} | dead-lettered {} | batches {} | {:.0} events/s",
+        "read {} | published {} | duplicates {} | processed {} | anomalies {} | dead-lettered {} | batches {} | {:.0} events/s",
         l(&ingest.read),
         l(&ingest.published),
         l(&ingest.duplicates),
         l(&process.processed),
+        l(&process.anomalies),
         l(&ingest.dead_lettered) + l(&process.dead_lettered),
         l(&process.batches),
         rate

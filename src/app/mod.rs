@@ -97,6 +97,15 @@ pub async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Cancels `stop` on Ctrl-C or SIGTERM, then never resolves: the work it stopped ends the
+/// caller's `select!`.
+async fn cancel_on_signal(stop: CancellationToken, what: &'static str) {
+    shutdown_signal().await;
+    tracing::info!("signal received: {what}");
+    stop.cancel();
+    std::future::pending::<()>().await;
+}
+
 /// `contrail demo`: simulator -> in-process bus -> pipeline -> archive, no broker.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
@@ -277,12 +286,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             log_ingest(&stats);
         }
     };
-    let signal = async {
-        shutdown_signal().await;
-        tracing::info!("signal received: stopping the source");
-        stop.cancel();
-        std::future::pending::<()>().await;
-    };
+    let signal = cancel_on_signal(stop.clone(), "stopping the source");
     tokio::select! {
         r = run => r?,
         () = report => {}
@@ -358,12 +362,7 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let signal = async {
-        shutdown_signal().await;
-        tracing::info!("signal received: finishing the current batch");
-        stop.cancel();
-        std::future::pending::<()>().await;
-    };
+    let signal = cancel_on_signal(stop.clone(), "finishing the current batch");
     tokio::select! {
         r = run => r?,
         () = watch => {}

@@ -145,7 +145,8 @@ impl BatchConsumer for MemoryConsumer {
                 }
             }
         }
-        self.pending = Some(batch.len());
+        // An empty batch needs no commit.
+        self.pending = (!batch.is_empty()).then_some(batch.len());
         Ok(Some(batch))
     }
 
@@ -213,6 +214,17 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_wait_needs_no_commit() {
+        let bus = MemoryBus::new(10);
+        let mut c = bus.subscribe("t");
+        let b = c.next_batch(10, Duration::from_millis(5)).await.unwrap().unwrap();
+        assert!(b.is_empty());
+        bus.publish(vec![OutRecord::new("t", None, vec![1])]).await.unwrap();
+        let b = c.next_batch(10, Duration::from_millis(5)).await.unwrap().unwrap();
+        assert_eq!(b.len(), 1);
     }
 
     #[tokio::test]

@@ -220,10 +220,20 @@ mod tests {
     async fn an_empty_wait_needs_no_commit() {
         let bus = MemoryBus::new(10);
         let mut c = bus.subscribe("t");
-        let b = c.next_batch(10, Duration::from_millis(5)).await.unwrap().unwrap();
+        let b = c
+            .next_batch(10, Duration::from_millis(5))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(b.is_empty());
-        bus.publish(vec![OutRecord::new("t", None, vec![1])]).await.unwrap();
-        let b = c.next_batch(10, Duration::from_millis(5)).await.unwrap().unwrap();
+        bus.publish(vec![OutRecord::new("t", None, vec![1])])
+            .await
+            .unwrap();
+        let b = c
+            .next_batch(10, Duration::from_millis(5))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.len(), 1);
     }
 

@@ -163,12 +163,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut status = tokio::time::interval(Duration::from_secs_f64(args.status_interval));
     status.tick().await;
     let mut last = (Instant::now(), 0u64);
-    let ingest_done = tokio::select! {
-        () = shutdown_signal() => { println!("stopping: signal received"); false }
+    tokio::select! {
+        () = shutdown_signal() => println!("stopping: signal received"),
         () = async { match deadline { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
-            println!("stopping: --duration reached"); false
+            println!("stopping: --duration reached");
         }
-        r = async {
+        () = async {
             loop {
                 status.tick().await;
                 let processed = process_stats.processed.load(Ordering::Relaxed);
@@ -177,12 +177,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 println!("{}", status_line(&ingest_stats, &process_stats, rate));
                 if ingest_task.is_finished() { break; }
             }
-        } => { let _ = r; println!("stopping: source finished"); true }
-    };
+        } => println!("stopping: source finished"),
+    }
 
     // Ordered shutdown: source, then the pipeline drains what is on the bus, then sinks.
     stop_source.cancel();
-    let _ = ingest_done;
     ingest_task.await.context("ingest task")??;
     bus.close(&topics.topic_raw);
     let (result, processor) = process_task.await.context("process task")?;

@@ -66,7 +66,7 @@ impl Label {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Emitted {
     /// A contract-valid record (possibly anomalous, possibly a repeat of the previous one).
-    Record(RawRecord),
+    Record(Box<RawRecord>),
     /// Corrupted bytes that validation must reject.
     Invalid(Vec<u8>),
 }
@@ -400,9 +400,9 @@ impl Simulator {
                 kind,
             });
         }
-        out.push(Emitted::Record(record.clone()));
+        out.push(Emitted::Record(Box::new(record.clone())));
         if rng.random_bool(0.01) {
-            out.push(Emitted::Record(record.clone()));
+            out.push(Emitted::Record(Box::new(record.clone())));
         }
         if rng.random_bool(self.config.invalid_rate) {
             out.push(Emitted::Invalid(corrupt(&record, rng)));
@@ -772,7 +772,7 @@ mod tests {
             .iter()
             .filter_map(|e| {
                 if let Emitted::Record(r) = e {
-                    Some(r)
+                    Some(r.as_ref())
                 } else {
                     None
                 }
@@ -844,7 +844,7 @@ mod tests {
         let (out, labels) = run(3, 3600);
         let find = |l: &Label| {
             out.iter().find_map(|e| match e {
-                Emitted::Record(r) if l.matches(r) => Some(r.clone()),
+                Emitted::Record(r) if l.matches(r) => Some(r.as_ref().clone()),
                 _ => None,
             })
         };

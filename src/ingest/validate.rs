@@ -82,13 +82,13 @@ pub fn check(r: &mut RawRecord) -> Result<(), Rejection> {
     if r.last_contact <= 0 {
         return Err(out_of_range("last_contact", r.last_contact, "> 0"));
     }
-    if let Some(s) = &r.squawk {
-        if s.len() != 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
-            return Err(Rejection::new(
-                reason::INVALID_SQUAWK,
-                format!("squawk {s:?} is not 4 octal digits"),
-            ));
-        }
+    if let Some(s) = &r.squawk
+        && (s.len() != 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+    {
+        return Err(Rejection::new(
+            reason::INVALID_SQUAWK,
+            format!("squawk {s:?} is not 4 octal digits"),
+        ));
     }
     Ok(())
 }

@@ -427,7 +427,7 @@ mod tests {
 
     fn gaussian_cloud(n: usize, seed: u64) -> Vec<Vec<f64>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut cols = vec![Vec::with_capacity(n); 3];
+        let mut cols: Vec<Vec<f64>> = (0..3).map(|_| Vec::with_capacity(n)).collect();
         for _ in 0..n {
             for c in cols.iter_mut() {
                 // Sum of uniforms: roughly normal, mean 0.

@@ -161,7 +161,23 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn new(trees: &[Tree]) -> Self {
+    /// Trees that fail [`Tree::validate`] (only possible for a forest built by hand, never
+    /// one trained or loaded) score as a single leaf, which keeps the unchecked indexing
+    /// in `score_rows` in bounds whatever the input.
+    fn new(trees: &[Tree], n_features: usize) -> Self {
+        let invalid = Tree {
+            nodes: vec![Node::leaf(0.0)],
+        };
+        let trees: Vec<&Tree> = trees
+            .iter()
+            .map(|t| {
+                if t.validate(n_features).is_ok() {
+                    t
+                } else {
+                    &invalid
+                }
+            })
+            .collect();
         fn height(t: &Tree, i: usize) -> usize {
             let n = t.nodes[i];
             if n.feature == Node::LEAF {
@@ -171,6 +187,7 @@ impl Compiled {
             }
         }
         let depth = trees.iter().map(|t| height(t, 0)).max().unwrap_or(0);
+        let trees = &trees;
         let internal = (1usize << depth) - 1;
         let leaves = 1usize << depth;
         let mut c = Compiled {
@@ -309,7 +326,7 @@ impl IsolationForest {
         let rows = data.len() / n;
         out.clear();
         out.resize(rows, 0.0);
-        let c = self.compiled.get_or_init(|| Compiled::new(&self.trees));
+        let c = self.compiled.get_or_init(|| Compiled::new(&self.trees, n));
         let internal = (1usize << c.depth) - 1;
         let leaves = 1usize << c.depth;
         for (block, acc) in data.chunks(BLOCK * n).zip(out.chunks_mut(BLOCK)) {
@@ -325,8 +342,18 @@ impl IsolationForest {
                     let mut i = [0usize; LANES];
                     for _ in 0..c.depth {
                         for (k, ik) in i.iter_mut().enumerate() {
-                            let x = group[k * n + feature[*ik] as usize];
-                            *ik = 2 * *ik + 1 + usize::from(x >= threshold[*ik]);
+                            // SAFETY: before each of the `depth` levels `*ik` < 2^depth - 1 =
+                            // feature.len() = threshold.len(); `Compiled::new` only keeps
+                            // trees whose feature indices are < n (pass-through nodes use
+                            // 0); k < LANES, so the index is inside `group` (LANES * n).
+                            let (x, t) = unsafe {
+                                let f = *feature.get_unchecked(*ik) as usize;
+                                (
+                                    *group.get_unchecked(k * n + f),
+                                    *threshold.get_unchecked(*ik),
+                                )
+                            };
+                            *ik = 2 * *ik + 1 + usize::from(x >= t);
                         }
                     }
                     for (a, ik) in a.iter_mut().zip(i) {
@@ -498,6 +525,29 @@ mod tests {
                 "row {i}"
             );
         }
+    }
+
+    #[test]
+    fn a_hand_built_invalid_forest_scores_without_reading_out_of_bounds() {
+        let bad = Tree {
+            nodes: vec![
+                Node {
+                    feature: 7,
+                    left: 1,
+                    value: 0.0,
+                },
+                Node::leaf(3.0),
+                Node::leaf(4.0),
+            ],
+        };
+        let forest = IsolationForest::new(2, 16, vec![bad]);
+        let mut out = Vec::new();
+        forest.score_rows(&[1.0; 2 * 40], &mut out);
+        assert_eq!(out.len(), 40);
+        assert!(
+            out.iter().all(|s| *s == 1.0),
+            "an invalid tree counts as a single leaf of path 0"
+        );
     }
 
     #[test]

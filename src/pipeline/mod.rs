@@ -199,29 +199,36 @@ impl Processor {
                 for one in messages.chunks(1) {
                     match self.process_batch(one, now).await {
                         Err(Error::Sql { path, message }) => {
-                            let reason = format!("{}: {message}", path.display());
-                            out.push(self.dead_letter(&one[0], "sql_error", reason, now));
-                            self.stats.consumed.fetch_add(1, Ordering::Relaxed);
-                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            out.push(self.sql_error(&one[0], &path, &message, now));
                         }
                         other => out.extend(other?),
                     }
                 }
                 Ok(out)
             }
-            Err(Error::Sql { path, message }) if messages.len() == 1 => {
-                self.stats.consumed.fetch_add(1, Ordering::Relaxed);
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                let reason = format!("{}: {message}", path.display());
-                Ok(vec![self.dead_letter(
-                    &messages[0],
-                    "sql_error",
-                    reason,
-                    now,
-                )])
+            Err(Error::Sql { path, message }) => {
+                Ok(vec![self.sql_error(&messages[0], &path, &message, now)])
             }
             other => other,
         }
+    }
+
+    /// Dead-letters a record the SQL failed on, and counts it.
+    fn sql_error(
+        &self,
+        m: &Message,
+        path: &std::path::Path,
+        message: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> OutRecord {
+        self.stats.consumed.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.dead_letter(
+            m,
+            "sql_error",
+            format!("{}: {message}", path.display()),
+            now,
+        )
     }
 
     fn dead_letter(

@@ -206,7 +206,7 @@ impl Processor {
                 }
                 Ok(out)
             }
-            Err(Error::Sql { path, message }) => {
+            Err(Error::Sql { path, message }) if messages.len() == 1 => {
                 Ok(vec![self.sql_error(&messages[0], &path, &message, now)])
             }
             other => other,

@@ -211,12 +211,17 @@ impl KafkaBatchConsumer {
     }
 }
 
+/// Runs a blocking librdkafka call on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
 ) -> Result<T, KafkaError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(KafkaError::Canceled).inspect_err(|_| tracing::error!("{e}")))
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "a blocking Kafka call panicked or was cancelled");
+            Err(KafkaError::Canceled)
+        }
+    }
 }
 
 #[async_trait]

@@ -72,46 +72,69 @@ impl KafkaArgs {
     }
 }
 
+/// Default topic names (DESIGN.md): the one place they are spelled.
+pub mod topic {
+    pub const RAW: &str = "flight-raw-data";
+    pub const PROCESSED: &str = "flight-processed-data";
+    pub const AGGREGATED: &str = "flight-aggregated-data";
+    pub const AIRCRAFT_AGGREGATES: &str = "flight-aircraft-aggregates";
+    pub const DEAD_LETTER: &str = "flight-dead-letter";
+    pub const WINDOW_STATE: &str = "contrail-window-state";
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct TopicArgs {
     /// Raw state vectors (key icao24).
-    #[arg(long, env = "CONTRAIL_TOPIC_RAW", default_value = "flight-raw-data")]
+    #[arg(long, env = "CONTRAIL_TOPIC_RAW", default_value = topic::RAW)]
     pub topic_raw: String,
     /// Processed records with features (key icao24).
     #[arg(
         long,
         env = "CONTRAIL_TOPIC_PROCESSED",
-        default_value = "flight-processed-data"
+        default_value = topic::PROCESSED
     )]
     pub topic_processed: String,
     /// Global 10-minute window aggregates (key window start).
     #[arg(
         long,
         env = "CONTRAIL_TOPIC_AGGREGATED",
-        default_value = "flight-aggregated-data"
+        default_value = topic::AGGREGATED
     )]
     pub topic_aggregated: String,
     /// Per-aircraft window aggregates (key window start).
     #[arg(
         long,
         env = "CONTRAIL_TOPIC_AIRCRAFT_AGGREGATES",
-        default_value = "flight-aircraft-aggregates"
+        default_value = topic::AIRCRAFT_AGGREGATES
     )]
     pub topic_aircraft_aggregates: String,
     /// Records refused by a stage, with a reason code.
     #[arg(
         long,
         env = "CONTRAIL_TOPIC_DEAD_LETTER",
-        default_value = "flight-dead-letter"
+        default_value = topic::DEAD_LETTER
     )]
     pub topic_dead_letter: String,
     /// Window-state changelog (compacted).
     #[arg(
         long,
         env = "CONTRAIL_TOPIC_WINDOW_STATE",
-        default_value = "contrail-window-state"
+        default_value = topic::WINDOW_STATE
     )]
     pub topic_window_state: String,
+}
+
+impl Default for TopicArgs {
+    fn default() -> Self {
+        Self {
+            topic_raw: topic::RAW.into(),
+            topic_processed: topic::PROCESSED.into(),
+            topic_aggregated: topic::AGGREGATED.into(),
+            topic_aircraft_aggregates: topic::AIRCRAFT_AGGREGATES.into(),
+            topic_dead_letter: topic::DEAD_LETTER.into(),
+            topic_window_state: topic::WINDOW_STATE.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -109,14 +109,7 @@ async fn cancel_on_signal(stop: CancellationToken, what: &'static str) {
 /// `contrail demo`: simulator -> in-process bus -> pipeline -> archive, no broker.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
-    let topics = crate::config::TopicArgs {
-        topic_raw: "flight-raw-data".into(),
-        topic_processed: "flight-processed-data".into(),
-        topic_aggregated: "flight-aggregated-data".into(),
-        topic_aircraft_aggregates: "flight-aircraft-aggregates".into(),
-        topic_dead_letter: "flight-dead-letter".into(),
-        topic_window_state: "contrail-window-state".into(),
-    };
+    let topics = TopicArgs::default();
     let bus = MemoryBus::with_offset_base(100_000, clock.now_micros());
     let mut raw = bus.subscribe(&topics.topic_raw);
     let dead_letters = bus.subscribe(&topics.topic_dead_letter);

@@ -27,9 +27,7 @@ use crate::ingest::{IngestStats, IngestTopics, Speed, run_ingest};
 use crate::model::{ForestParams, Model, TrainOptions, TrainingMetadata};
 use crate::pipeline::{ProcessConfig, ProcessStats, Processor};
 
-const RAW: &str = "flight-raw-data";
-const PROCESSED: &str = "flight-processed-data";
-const DEAD_LETTER: &str = "flight-dead-letter";
+use crate::config::topic::{DEAD_LETTER, PROCESSED, RAW};
 const BATCH: usize = 20_000;
 
 fn dead_letter_path(path: &Path) -> PathBuf {

@@ -261,13 +261,12 @@ impl Processor {
             dead(i, "decode_error", message, &mut out);
         }
         let decoded_seq = seq_values(&decoded.batch);
+        // The decoded batch always has the raw schema, so icao24 is there (Utf8).
         let icao24 = decoded
             .batch
             .column_by_name("icao24")
-            .map(|c| c.as_string::<i32>().clone());
-        let previous = self
-            .continuity
-            .previous_table(&icao24.unwrap_or_else(|| vec![None::<&str>; 0].into()))?;
+            .expect("raw schema column");
+        let previous = self.continuity.previous_table(icao24.as_string::<i32>())?;
         let result = self.sql.run(decoded.batch, previous).await?;
 
         let kept: HashSet<i64> = result.kept.iter().copied().collect();

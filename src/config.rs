@@ -80,6 +80,8 @@ pub mod topic {
     pub const AIRCRAFT_AGGREGATES: &str = "flight-aircraft-aggregates";
     pub const DEAD_LETTER: &str = "flight-dead-letter";
     pub const WINDOW_STATE: &str = "contrail-window-state";
+    pub const WINDOW_PARTIALS: &str = "contrail-window-partials";
+    pub const LATE: &str = "flight-late-data";
 }
 
 #[derive(Debug, Clone, Args)]
@@ -122,6 +124,16 @@ pub struct TopicArgs {
         default_value = topic::WINDOW_STATE
     )]
     pub topic_window_state: String,
+    /// Per-partition window partials on their way to the merger (one partition).
+    #[arg(
+        long,
+        env = "CONTRAIL_TOPIC_WINDOW_PARTIALS",
+        default_value = topic::WINDOW_PARTIALS
+    )]
+    pub topic_window_partials: String,
+    /// Records (and partials) that arrived after their window was emitted.
+    #[arg(long, env = "CONTRAIL_TOPIC_LATE", default_value = topic::LATE)]
+    pub topic_late: String,
 }
 
 impl Default for TopicArgs {
@@ -133,6 +145,8 @@ impl Default for TopicArgs {
             topic_aircraft_aggregates: topic::AIRCRAFT_AGGREGATES.into(),
             topic_dead_letter: topic::DEAD_LETTER.into(),
             topic_window_state: topic::WINDOW_STATE.into(),
+            topic_window_partials: topic::WINDOW_PARTIALS.into(),
+            topic_late: topic::LATE.into(),
         }
     }
 }
@@ -184,9 +198,44 @@ pub struct SimulatorArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct WindowArgs {
+    /// Length of the tumbling event-time windows (e.g. 10m, 600s, 1h).
+    #[arg(long, env = "CONTRAIL_WINDOW_LENGTH", default_value = "10m", value_parser = whole_seconds)]
+    pub window_length: Duration,
+    /// Watermark = largest event time seen minus this.
+    #[arg(long, env = "CONTRAIL_WATERMARK_DELAY", default_value = "5m", value_parser = duration)]
+    pub watermark_delay: Duration,
+    /// Extra wait after the watermark passes a window's end before it is emitted.
+    #[arg(long, env = "CONTRAIL_ALLOWED_LATENESS", default_value = "0s", value_parser = duration)]
+    pub allowed_lateness: Duration,
+    /// A partition silent this long (wall clock) stops holding back the global watermark.
+    #[arg(long, env = "CONTRAIL_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// An aircraft's continuity state is dropped this long (event time) after its last
+    /// report.
+    #[arg(long, env = "CONTRAIL_STATE_TTL", default_value = "1h", value_parser = duration)]
+    pub state_ttl: Duration,
+}
+
+impl WindowArgs {
+    pub fn spec(&self) -> crate::pipeline::window::WindowSpec {
+        let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        crate::pipeline::window::WindowSpec {
+            length_us: us(self.window_length),
+            delay_us: us(self.watermark_delay),
+            lateness_us: us(self.allowed_lateness),
+            state_ttl_us: us(self.state_ttl),
+            idle_timeout_us: us(self.idle_timeout),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
     #[command(flatten)]
     pub sql: SqlArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Root of the Parquet archive.
     #[arg(long, env = "CONTRAIL_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -364,6 +413,39 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A duration: a number with a unit (`ms`, `s`, `m`, `h`, `d`), or plain seconds.
+fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit (use ms, s, m, h or d, e.g. 10m)"
+            ));
+        }
+    };
+    match number.parse::<f64>() {
+        Ok(v) if v.is_finite() && v * scale < 1e9 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("{s:?} is not a duration (e.g. 30s, 10m, 1h)")),
+    }
+}
+
+fn whole_seconds(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d.is_zero() || d.subsec_nanos() != 0 {
+        return Err(format!("{s:?} must be a positive whole number of seconds"));
+    }
+    Ok(d)
+}
+
 fn grid_cell(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 180.0 => Ok(v),
@@ -406,6 +488,14 @@ mod tests {
                 vec!["contrail", "topics", "create", "--partitions", "x"],
                 "--partitions",
             ),
+            (
+                vec!["contrail", "process", "--window-length", "90.5s"],
+                "--window-length",
+            ),
+            (
+                vec!["contrail", "demo", "--watermark-delay", "5 parsecs"],
+                "--watermark-delay",
+            ),
         ] {
             let e = Cli::try_parse_from(&args).unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
@@ -431,5 +521,18 @@ mod tests {
         assert_eq!(d.source.simulator.speed, Speed::Max);
         assert_eq!(d.source.simulator.aircraft, 300);
         assert_eq!(d.pipeline.data_dir, PathBuf::from("data"));
+        let w = d.pipeline.window.spec();
+        assert_eq!(w.length_us, 600_000_000);
+        assert_eq!(w.delay_us, 300_000_000);
+        assert_eq!(w.lateness_us, 0);
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("42").unwrap(), Duration::from_secs(42));
+        assert!(duration("-1s").is_err() && duration("m").is_err());
     }
 }

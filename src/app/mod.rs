@@ -13,7 +13,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::kafka::{
-    KafkaBatchConsumer, KafkaConsumerConfig, KafkaPublisher, TopicSpec, create_topics,
+    KafkaBatchConsumer, KafkaChangelogReader, KafkaConsumerConfig, KafkaPublisher, TopicSpec,
+    create_topics, partition_count,
 };
 use crate::bus::memory::MemoryBus;
 use crate::bus::{BatchConsumer, Publisher};
@@ -26,7 +27,7 @@ use crate::config::{
 use crate::dead_letter::DeadLetter;
 use crate::ingest::simulator::SimulatorConfig;
 use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, Speed, run_ingest};
-use crate::pipeline::{ProcessConfig, ProcessStats, Processor, run_process};
+use crate::pipeline::{OutputTopics, ProcessConfig, ProcessStats, Processor, run_process};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -68,16 +69,27 @@ fn simulator_source(s: &SimulatorArgs, speed: Speed) -> anyhow::Result<Simulator
     )?)
 }
 
-fn process_config(p: &PipelineArgs, topics: &TopicArgs) -> ProcessConfig {
+/// `partials`: merge global windows through the partials topic (Kafka) rather than
+/// in-process (the demo).
+fn process_config(p: &PipelineArgs, topics: &TopicArgs, partials: bool) -> ProcessConfig {
     ProcessConfig {
         sql_dir: p.sql.sql_dir.clone(),
         grid_cell_deg: p.sql.grid_cell_deg,
-        processed_topic: topics.topic_processed.clone(),
-        dead_letter_topic: topics.topic_dead_letter.clone(),
+        topics: OutputTopics {
+            processed: topics.topic_processed.clone(),
+            dead_letter: topics.topic_dead_letter.clone(),
+            aggregated: topics.topic_aggregated.clone(),
+            aircraft_aggregates: topics.topic_aircraft_aggregates.clone(),
+            late: topics.topic_late.clone(),
+            changelog: topics.topic_window_state.clone(),
+            partials: partials.then(|| topics.topic_window_partials.clone()),
+        },
         archive_dir: (!p.no_archive).then(|| p.data_dir.clone()),
         batch_max_records: p.batch_max_records as usize,
         batch_max_wait: p.batch_max_wait(),
         model_path: Some(p.model.clone()),
+        window: p.window.spec(),
+        source_partitions: 1,
     }
 }
 
@@ -116,7 +128,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let process_stats = Arc::new(ProcessStats::default());
     let mut processor = Processor::new(
-        process_config(&args.pipeline, &topics),
+        process_config(&args.pipeline, &topics, false),
         Arc::clone(&clock),
         Arc::clone(&process_stats),
     )
@@ -196,13 +208,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 fn status_line(ingest: &IngestStats, process: &ProcessStats, rate: f64) -> String {
     let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     format!(
-        "read {} | published {} | duplicates {} | processed {} | anomalies {} | dead-lettered {} | batches {} | {:.0} events/s",
+        "read {} | published {} | duplicates {} | processed {} | anomalies {} | dead-lettered {} | late {} | windows {} | batches {} | {:.0} events/s",
         l(&ingest.read),
         l(&ingest.published),
         l(&ingest.duplicates),
         l(&process.processed),
         l(&process.anomalies),
         l(&ingest.dead_lettered) + l(&process.dead_lettered),
+        l(&process.late),
+        l(&process.windows),
         l(&process.batches),
         rate
     )
@@ -303,12 +317,25 @@ fn log_ingest(stats: &IngestStats) {
 async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let bootstrap = args.kafka.bootstrap();
     let stats = Arc::new(ProcessStats::default());
-    let mut processor = Processor::new(
-        process_config(&args.pipeline, &args.topics),
-        Arc::new(SystemClock),
-        Arc::clone(&stats),
-    )
-    .await?;
+    let t = &args.topics;
+    let raw_partitions = partition_count(&bootstrap, &t.topic_raw).await?;
+    let changelog_partitions = partition_count(&bootstrap, &t.topic_window_state).await?;
+    if changelog_partitions < raw_partitions {
+        anyhow::bail!(
+            "{} has {changelog_partitions} partitions but {} has {raw_partitions}: the changelog needs one per raw partition",
+            t.topic_window_state,
+            t.topic_raw
+        );
+    }
+    partition_count(&bootstrap, &t.topic_window_partials).await?;
+    let mut config = process_config(&args.pipeline, t, true);
+    config.source_partitions = raw_partitions;
+    let mut processor = Processor::new(config, Arc::new(SystemClock), Arc::clone(&stats))
+        .await?
+        .with_changelog(Arc::new(KafkaChangelogReader {
+            bootstrap: bootstrap.clone(),
+            topic: t.topic_window_state.clone(),
+        }));
     let transactional_id = args.transactional_id.clone().unwrap_or_else(|| {
         format!(
             "{}-{}-{}",
@@ -320,7 +347,10 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let mut consumer = KafkaBatchConsumer::new(&KafkaConsumerConfig {
         bootstrap: bootstrap.clone(),
         group_id: args.group_id.clone(),
-        topics: vec![args.topics.topic_raw.clone()],
+        topics: vec![
+            args.topics.topic_raw.clone(),
+            args.topics.topic_window_partials.clone(),
+        ],
         transactional_id,
     })
     .await?;
@@ -371,6 +401,9 @@ fn log_process(stats: &ProcessStats, started: Option<&Instant>) {
         consumed = l(&stats.consumed),
         processed = l(&stats.processed),
         dead_lettered = l(&stats.dead_lettered),
+        late = l(&stats.late),
+        aircraft_windows = l(&stats.aircraft_windows),
+        windows = l(&stats.windows),
         batches = l(&stats.batches),
         archive_files = l(&stats.archive_files),
         records_per_s = (l(&stats.consumed) as f64 / secs) as u64,
@@ -392,6 +425,13 @@ async fn topics_create(args: TopicsCreateArgs) -> anyhow::Result<()> {
         keyed(&t.topic_dead_letter),
         keyed(&t.topic_aggregated),
         keyed(&t.topic_aircraft_aggregates),
+        keyed(&t.topic_late),
+        // One partition: one processor of the group merges the global windows.
+        TopicSpec {
+            name: t.topic_window_partials.clone(),
+            partitions: 1,
+            compacted: false,
+        },
         TopicSpec {
             name: t.topic_window_state.clone(),
             partitions: args.partitions,

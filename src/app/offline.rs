@@ -27,7 +27,7 @@ use crate::ingest::{IngestStats, IngestTopics, Speed, run_ingest};
 use crate::model::{ForestParams, Model, TrainOptions, TrainingMetadata};
 use crate::pipeline::{ProcessConfig, ProcessStats, Processor};
 
-use crate::config::topic::{DEAD_LETTER, PROCESSED, RAW};
+use crate::config::topic::{DEAD_LETTER, RAW};
 const BATCH: usize = 20_000;
 
 fn dead_letter_path(path: &Path) -> PathBuf {
@@ -89,14 +89,11 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 
 fn processor_config(sql: &SqlArgs, model: Option<PathBuf>) -> ProcessConfig {
     ProcessConfig {
-        sql_dir: sql.sql_dir.clone(),
         grid_cell_deg: sql.grid_cell_deg,
-        processed_topic: PROCESSED.into(),
-        dead_letter_topic: DEAD_LETTER.into(),
-        archive_dir: None,
         batch_max_records: BATCH,
         batch_max_wait: Duration::ZERO,
         model_path: model,
+        ..ProcessConfig::new(sql.sql_dir.clone())
     }
 }
 

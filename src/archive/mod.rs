@@ -4,7 +4,12 @@
 //! pyarrow datasets and Spark all skip), synced, and renamed into place, so readers never
 //! see a half-written file. A file's name comes from the source partition and offset range
 //! it holds, so writing the same input again replaces the file instead of adding rows.
-//! Rows go to the hour of their event time (`timestamp`).
+//! Rows go to the hour of their event time (`timestamp`; `window_start` for windows).
+//!
+//! Files are written before the micro-batch's Kafka transaction commits. When a partition
+//! is (re)assigned, [`ArchiveWriter::remove_uncommitted`] deletes its files that start at
+//! or after the committed offset: they came from a batch that never committed, and the
+//! batch that re-reads those records may be cut differently.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,11 +32,18 @@ const MICROS_PER_HOUR: i64 = 3_600_000_000;
 #[derive(Debug, Clone)]
 pub struct ArchiveWriter {
     dir: PathBuf,
+    time_column: &'static str,
     props: Arc<WriterProperties>,
 }
 
 impl ArchiveWriter {
+    /// A dataset partitioned by its `timestamp` column.
     pub fn new(root: &Path, dataset: &str) -> Self {
+        Self::with_time_column(root, dataset, "timestamp")
+    }
+
+    /// A dataset partitioned by `time_column` (a UTC microsecond timestamp).
+    pub fn with_time_column(root: &Path, dataset: &str, time_column: &'static str) -> Self {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("valid zstd level"),
@@ -39,8 +51,47 @@ impl ArchiveWriter {
             .build();
         Self {
             dir: root.join(dataset),
+            time_column,
             props: Arc::new(props),
         }
+    }
+
+    /// Deletes the files of `source_partition` whose first offset is `from_offset` or
+    /// later, and its leftover temporary files. Returns how many files went.
+    pub fn remove_uncommitted(&self, source_partition: i32, from_offset: i64) -> Result<usize> {
+        let prefix = format!("part-p{source_partition:03}-");
+        let mut removed = 0;
+        let mut dirs = vec![self.dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("listing archive folder", dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("listing archive folder", &dir, e))?;
+                let path = entry.path();
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let stale = if let Some(tmp) = name.strip_prefix('.') {
+                    tmp.starts_with(&prefix) && tmp.ends_with(".tmp")
+                } else {
+                    name.strip_prefix(&prefix)
+                        .and_then(|rest| rest.split('-').next())
+                        .and_then(|first| first.parse::<i64>().ok())
+                        .is_some_and(|first| first >= from_offset)
+                };
+                if stale {
+                    std::fs::remove_file(&path)
+                        .map_err(|e| Error::io("removing uncommitted archive file", &path, e))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -57,8 +108,13 @@ impl ArchiveWriter {
         last: i64,
     ) -> Result<Vec<PathBuf>> {
         let ts = batch
-            .column_by_name("timestamp")
-            .ok_or_else(|| Error::Internal("archived batches need a timestamp column".into()))?
+            .column_by_name(self.time_column)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "archived batches need a {} column",
+                    self.time_column
+                ))
+            })?
             .as_primitive::<TimestampMicrosecondType>();
         let mut hours: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (i, t) in ts.values().iter().enumerate() {
@@ -165,5 +221,24 @@ mod tests {
             .filter(|n| n.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn uncommitted_files_of_a_partition_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = ArchiveWriter::new(dir.path(), "processed");
+        let t0 = 1_795_604_399_000_000;
+        let b = batch(vec![t0, t0 + 1_000_000]);
+        let kept = w.write(&b, 3, 100, 199).unwrap();
+        let gone = w.write(&b, 3, 200, 260).unwrap();
+        let other = w.write(&b, 4, 300, 400).unwrap();
+        let tmp = kept[0].parent().unwrap().join(".part-p003-x.tmp");
+        std::fs::write(&tmp, b"half").unwrap();
+        assert_eq!(w.remove_uncommitted(3, 200).unwrap(), 3);
+        assert!(kept.iter().chain(&other).all(|p| p.exists()));
+        assert!(gone.iter().all(|p| !p.exists()) && !tmp.exists());
+        // Nothing written yet: nothing to do.
+        let empty = ArchiveWriter::new(dir.path(), "windows");
+        assert_eq!(empty.remove_uncommitted(0, 0).unwrap(), 0);
     }
 }

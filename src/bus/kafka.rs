@@ -10,20 +10,21 @@
 //! librdkafka's transactional calls block; they run on tokio's blocking pool.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{BatchConsumer, Message, OutRecord, Publisher};
+use super::{BatchConsumer, ChangelogReader, Message, OutRecord, Publisher};
 use crate::error::{Error, Result};
 
 /// How long a transactional call may wait for the broker before the batch fails.
@@ -53,9 +54,15 @@ async fn enqueue(
     record: &OutRecord,
 ) -> Result<rdkafka::producer::DeliveryFuture> {
     loop {
-        let mut fr = FutureRecord::to(&record.topic).payload(&record.payload);
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
+        if !record.tombstone {
+            fr = fr.payload(&record.payload);
+        }
         if let Some(k) = &record.key {
             fr = fr.key(k);
+        }
+        if let Some(p) = record.partition {
+            fr = fr.partition(p);
         }
         match producer.send_result(fr) {
             Ok(delivery) => return Ok(delivery),
@@ -128,10 +135,53 @@ pub struct KafkaConsumerConfig {
     pub transactional_id: String,
 }
 
+type Revoked = Arc<Mutex<Vec<(String, i32)>>>;
+
+/// Notes the partitions a rebalance takes away; librdkafka calls it inside `poll`, so
+/// [`KafkaBatchConsumer::next_batch`] sees every revocation before the next record.
+struct RebalanceTracker {
+    revoked: Revoked,
+}
+
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let parts: Vec<(String, i32)> = list
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            tracing::info!(partitions = ?parts, "partitions revoked");
+            self.revoked.lock().expect("revoked lock").extend(parts);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let parts: Vec<(String, i32)> = list
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?parts, "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
 /// A consumer-group member whose micro-batches commit as Kafka transactions.
 pub struct KafkaBatchConsumer {
-    consumer: StreamConsumer,
+    config: KafkaConsumerConfig,
+    consumer: StreamConsumer<RebalanceTracker>,
     producer: FutureProducer,
+    revoked: Revoked,
+    /// Revocations seen and not yet reported by `take_revoked`.
+    unreported: Vec<(String, i32)>,
     /// Next offset to commit per (topic, partition): last consumed + 1.
     positions: HashMap<(String, i32), i64>,
 }
@@ -146,41 +196,14 @@ impl std::fmt::Debug for KafkaBatchConsumer {
 
 impl KafkaBatchConsumer {
     pub async fn new(config: &KafkaConsumerConfig) -> Result<Self> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &config.bootstrap)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("isolation.level", "read_committed")
-            .set("enable.partition.eof", "false")
-            .set("queued.min.messages", "200000")
-            .set("fetch.max.bytes", "104857600")
-            .set("max.partition.fetch.bytes", "16777216")
-            .create()
-            .map_err(|e| Error::kafka(format!("creating consumer for {}", config.bootstrap), e))?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| Error::kafka(format!("subscribing to {topics:?}"), e))?;
-
-        let producer: FutureProducer = producer_config(&config.bootstrap)
-            .set("transactional.id", &config.transactional_id)
-            .set("transaction.timeout.ms", "120000")
-            .create()
-            .map_err(|e| Error::kafka("creating transactional producer", e))?;
-        let p = producer.clone();
-        blocking(move || p.init_transactions(TXN_TIMEOUT))
-            .await
-            .map_err(|e| {
-                Error::kafka(
-                    format!("initialising transactions as {}", config.transactional_id),
-                    e,
-                )
-            })?;
+        let revoked = Revoked::default();
+        let (consumer, producer) = connect(config, Arc::clone(&revoked)).await?;
         Ok(Self {
+            config: config.clone(),
             consumer,
             producer,
+            revoked,
+            unreported: Vec::new(),
             positions: HashMap::new(),
         })
     }
@@ -211,6 +234,69 @@ impl KafkaBatchConsumer {
     }
 }
 
+/// Voids what was handed out from partitions revoked since the last look.
+fn apply_revocations(
+    revoked: &Revoked,
+    positions: &mut HashMap<(String, i32), i64>,
+    unreported: &mut Vec<(String, i32)>,
+    batch: &mut Vec<Message>,
+) {
+    let revoked: Vec<(String, i32)> = std::mem::take(&mut *revoked.lock().expect("revoked lock"));
+    if revoked.is_empty() {
+        return;
+    }
+    batch.retain(|m| {
+        !revoked
+            .iter()
+            .any(|(t, p)| *t == m.topic && *p == m.partition)
+    });
+    for tp in &revoked {
+        positions.remove(tp);
+    }
+    unreported.extend(revoked);
+}
+
+/// Joins the group and initialises the transactional producer (which fences any earlier
+/// producer with the same transactional id and aborts its open transaction).
+async fn connect(
+    config: &KafkaConsumerConfig,
+    revoked: Revoked,
+) -> Result<(StreamConsumer<RebalanceTracker>, FutureProducer)> {
+    let consumer: StreamConsumer<RebalanceTracker> = ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false")
+        .set("queued.min.messages", "200000")
+        .set("fetch.max.bytes", "104857600")
+        .set("max.partition.fetch.bytes", "16777216")
+        .create_with_context(RebalanceTracker { revoked })
+        .map_err(|e| Error::kafka(format!("creating consumer for {}", config.bootstrap), e))?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| Error::kafka(format!("subscribing to {topics:?}"), e))?;
+
+    let producer: FutureProducer = producer_config(&config.bootstrap)
+        .set("transactional.id", &config.transactional_id)
+        .set("transaction.timeout.ms", "120000")
+        .create()
+        .map_err(|e| Error::kafka("creating transactional producer", e))?;
+    let p = producer.clone();
+    blocking(move || p.init_transactions(TXN_TIMEOUT))
+        .await
+        .map_err(|e| {
+            Error::kafka(
+                format!("initialising transactions as {}", config.transactional_id),
+                e,
+            )
+        })?;
+    Ok((consumer, producer))
+}
+
 /// Runs a blocking librdkafka call on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
@@ -233,12 +319,32 @@ impl BatchConsumer for KafkaBatchConsumer {
     ) -> Result<Option<Vec<Message>>> {
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut batch = Vec::new();
+        apply_revocations(
+            &self.revoked,
+            &mut self.positions,
+            &mut self.unreported,
+            &mut batch,
+        );
         while batch.len() < max_records {
             let m = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
-                Ok(Err(e)) => return Err(Error::kafka("consuming", e)),
+                Ok(Err(e)) => {
+                    // librdkafka reconnects and refetches by itself; a consumer error (a
+                    // broker going away, say) is reported and waited out.
+                    tracing::warn!(error = %e, "consumer error; waiting for the broker");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
                 Ok(Ok(m)) => m,
             };
+            // A rebalance runs inside recv(): what came before it from a revoked partition
+            // is void; this record is from the new assignment.
+            apply_revocations(
+                &self.revoked,
+                &mut self.positions,
+                &mut self.unreported,
+                &mut batch,
+            );
             self.positions
                 .insert((m.topic().to_string(), m.partition()), m.offset() + 1);
             batch.push(Message {
@@ -266,6 +372,128 @@ impl BatchConsumer for KafkaBatchConsumer {
         self.positions.clear();
         Ok(())
     }
+
+    fn take_revoked(&mut self) -> Vec<(String, i32)> {
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// Leaves the group and joins again with a new transactional producer: the group
+    /// hands out the partitions from their committed offsets, and the new producer's
+    /// initialisation aborts whatever the failed one left open. Retries until it works.
+    async fn recover(&mut self) -> Result<()> {
+        self.positions.clear();
+        self.revoked.lock().expect("revoked lock").clear();
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match connect(&self.config, Arc::clone(&self.revoked)).await {
+                Ok((consumer, producer)) => {
+                    let old_consumer = std::mem::replace(&mut self.consumer, consumer);
+                    let old_producer = std::mem::replace(&mut self.producer, producer);
+                    // Closing may wait for the broker; it must not hold up the runtime.
+                    tokio::task::spawn_blocking(move || drop((old_consumer, old_producer)));
+                    tracing::info!("rejoined the consumer group after a failed transaction");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "reconnecting to Kafka failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+        }
+    }
+}
+
+/// Reads changelog partitions with a group-less `read_committed` consumer.
+#[derive(Debug, Clone)]
+pub struct KafkaChangelogReader {
+    pub bootstrap: String,
+    pub topic: String,
+}
+
+/// Longest a changelog restore may take before the batch fails (and is retried).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[async_trait]
+impl ChangelogReader for KafkaChangelogReader {
+    async fn read(&self, partition: i32) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+        let (bootstrap, topic) = (self.bootstrap.clone(), self.topic.clone());
+        let context = format!("restoring state from {topic} partition {partition}");
+        blocking(move || read_changelog(&bootstrap, &topic, partition))
+            .await
+            .map_err(|e| Error::kafka(context, e))
+    }
+}
+
+fn read_changelog(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, KafkaError> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "contrail-changelog-restore")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    let mut out = Vec::new();
+    if high <= low {
+        return Ok(out);
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Beginning)?;
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
+    // End of partition is reported at the last stable offset under read_committed.
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(out),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, topic, partition, "while restoring state");
+            }
+            Some(Ok(m)) => {
+                out.push((
+                    m.key().map(<[u8]>::to_vec).unwrap_or_default(),
+                    m.payload().map(<[u8]>::to_vec),
+                ));
+                if m.offset() + 1 >= high {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Err(KafkaError::MessageConsumption(
+        RDKafkaErrorCode::OperationTimedOut,
+    ))
+}
+
+/// Number of partitions of `topic`.
+pub async fn partition_count(bootstrap: &str, topic: &str) -> Result<i32> {
+    let (b, t) = (bootstrap.to_string(), topic.to_string());
+    blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create()?;
+        let metadata = consumer.fetch_metadata(Some(&t), Duration::from_secs(30))?;
+        Ok(metadata
+            .topics()
+            .first()
+            .filter(|m| m.error().is_none())
+            .map_or(0, |m| m.partitions().len() as i32))
+    })
+    .await
+    .map_err(|e| Error::kafka(format!("reading metadata of {topic}"), e))
+    .and_then(|n| {
+        if n == 0 {
+            Err(Error::Config(format!(
+                "topic {topic} does not exist (run `contrail topics create`)"
+            )))
+        } else {
+            Ok(n)
+        }
+    })
 }
 
 /// A topic to create: name, partitions, and whether it is a compacted changelog.

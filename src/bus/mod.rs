@@ -33,6 +33,10 @@ pub struct OutRecord {
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// The partition to write to; `None` lets the key decide.
+    pub partition: Option<i32>,
+    /// A null value (a compaction tombstone: the key's state is gone); `payload` is empty.
+    pub tombstone: bool,
 }
 
 impl OutRecord {
@@ -41,7 +45,23 @@ impl OutRecord {
             topic: topic.into(),
             key,
             payload,
+            partition: None,
+            tombstone: false,
         }
+    }
+
+    /// A tombstone for `key` in a compacted topic.
+    pub fn tombstone(topic: impl Into<String>, key: Vec<u8>) -> Self {
+        Self {
+            tombstone: true,
+            ..Self::new(topic, Some(key), Vec::new())
+        }
+    }
+
+    /// The same record, sent to `partition`.
+    pub fn to_partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
     }
 }
 
@@ -66,4 +86,27 @@ pub trait BatchConsumer: Send {
     /// Publishes `outputs` and marks every record returned by `next_batch` since the last
     /// commit as consumed, atomically where the bus supports it.
     async fn commit(&mut self, outputs: Vec<OutRecord>) -> Result<()>;
+
+    /// Partitions taken away from this consumer since the last call. Records of theirs
+    /// handed out but not committed are void: their new owner reads them again. State kept
+    /// for them must be dropped (the new owner restores it from the changelog).
+    fn take_revoked(&mut self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
+
+    /// After a failed [`BatchConsumer::commit`]: rewinds to the last committed position
+    /// (everything handed out since is void) and makes the consumer usable again. Buses
+    /// that cannot fail this way return `Err`.
+    async fn recover(&mut self) -> Result<()> {
+        Err(crate::error::Error::Bus(
+            "this bus cannot recover from a failed commit".into(),
+        ))
+    }
+}
+
+/// Reads a compacted changelog partition from its start to its last committed record, as
+/// `(key, value)` pairs in offset order; `None` values are tombstones.
+#[async_trait]
+pub trait ChangelogReader: Send + Sync {
+    async fn read(&self, partition: i32) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>>;
 }

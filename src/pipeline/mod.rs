@@ -1,14 +1,23 @@
 //! The process stage: micro-batch -> Arrow -> `clean.sql` -> `features.sql` ->
-//! `flight-processed-data` + the Parquet archive, committed with the batch's offsets.
+//! `flight-processed-data` + the Parquet archive, then `aggregate.sql` -> window state ->
+//! closed windows (`flight-aircraft-aggregates`, `flight-aggregated-data`, Parquet), all
+//! committed with the batch's offsets and the state's changelog records.
 //!
 //! Nothing that enters leaves unaccounted: a payload that does not decode, or a row that
 //! `clean.sql` filters out, becomes a dead letter with its original bytes; every other
-//! record becomes exactly one processed record.
+//! record becomes exactly one processed record. A processed record whose window was
+//! already emitted is also published to the late-data topic (and counted).
+//!
+//! State is per source partition ([`window::PartitionState`]). When a partition's first
+//! record arrives (at start-up, after a rebalance or a recovery), its state is restored
+//! from the changelog, and archive files of batches that never committed are removed.
 
 pub mod continuity;
 pub mod decode;
 pub mod encode;
+pub mod merge;
 pub mod sql;
+pub mod window;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -18,27 +27,57 @@ use std::time::{Duration, SystemTime};
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
-use arrow::datatypes::{Field, Schema};
+use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
+use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::ArchiveWriter;
-use crate::bus::{BatchConsumer, Message, OutRecord};
+use crate::bus::{BatchConsumer, ChangelogReader, Message, OutRecord};
 use crate::clock::SharedClock;
+use crate::config::topic;
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::schema::{PROCESSING_TIMESTAMP, SEQ_COLUMN, timestamp_type};
 use crate::udf::Scorer;
-use continuity::Continuity;
-use sql::{SqlPipeline, SqlVars, seq_values};
+use merge::Merger;
+use sql::{SqlPipeline, SqlVars, seq_values, with_partition_column};
+use window::{AircraftWindow, PartitionState, Progress, WindowPartial, WindowSpec};
+
+/// Where the process stage writes.
+#[derive(Debug, Clone)]
+pub struct OutputTopics {
+    pub processed: String,
+    pub dead_letter: String,
+    pub aggregated: String,
+    pub aircraft_aggregates: String,
+    pub late: String,
+    pub changelog: String,
+    /// Per-partition window partials on their way to the merger. `None` merges in-process
+    /// (the embedded demo, where one processor owns every partition).
+    pub partials: Option<String>,
+}
+
+impl Default for OutputTopics {
+    fn default() -> Self {
+        Self {
+            processed: topic::PROCESSED.into(),
+            dead_letter: topic::DEAD_LETTER.into(),
+            aggregated: topic::AGGREGATED.into(),
+            aircraft_aggregates: topic::AIRCRAFT_AGGREGATES.into(),
+            late: topic::LATE.into(),
+            changelog: topic::WINDOW_STATE.into(),
+            partials: None,
+        }
+    }
+}
 
 /// Settings of the process stage.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
     pub sql_dir: PathBuf,
     pub grid_cell_deg: f64,
-    pub processed_topic: String,
-    pub dead_letter_topic: String,
+    pub topics: OutputTopics,
     /// Root of the Parquet archive; `None` archives nothing.
     pub archive_dir: Option<PathBuf>,
     pub batch_max_records: usize,
@@ -46,6 +85,26 @@ pub struct ProcessConfig {
     /// The anomaly model file; `None` plans the SQL with an unfitted scorer (null scores),
     /// which is how `contrail train` computes features before a model exists.
     pub model_path: Option<PathBuf>,
+    pub window: WindowSpec,
+    /// Partitions of the raw topic (the merger waits for all of them).
+    pub source_partitions: i32,
+}
+
+impl ProcessConfig {
+    /// Defaults: default topics, no archive, no model, 10-minute windows, one partition.
+    pub fn new(sql_dir: PathBuf) -> Self {
+        Self {
+            sql_dir,
+            grid_cell_deg: 1.0,
+            topics: OutputTopics::default(),
+            archive_dir: None,
+            batch_max_records: 20_000,
+            batch_max_wait: Duration::from_millis(500),
+            model_path: None,
+            window: WindowSpec::default(),
+            source_partitions: 1,
+        }
+    }
 }
 
 /// Counters of the process stage.
@@ -54,20 +113,33 @@ pub struct ProcessStats {
     pub consumed: AtomicU64,
     pub processed: AtomicU64,
     pub dead_lettered: AtomicU64,
+    pub late: AtomicU64,
+    pub late_partials: AtomicU64,
     pub batches: AtomicU64,
     pub archive_files: AtomicU64,
     pub anomalies: AtomicU64,
     pub model_reloads: AtomicU64,
     pub model_rejections: AtomicU64,
+    pub aircraft_windows: AtomicU64,
+    pub windows: AtomicU64,
+    pub restores: AtomicU64,
+    pub uncommitted_files_removed: AtomicU64,
 }
 
-/// Turns micro-batches into output records; holds the per-aircraft state.
+/// The Parquet datasets the stage writes.
+#[derive(Debug)]
+struct Archives {
+    processed: ArchiveWriter,
+    aircraft_windows: ArchiveWriter,
+    windows: ArchiveWriter,
+}
+
+/// Turns micro-batches into output records; holds the per-partition state.
 #[derive(Debug)]
 pub struct Processor {
     config: ProcessConfig,
     sql: SqlPipeline,
-    continuity: Continuity,
-    archive: Option<ArchiveWriter>,
+    archive: Option<Archives>,
     clock: SharedClock,
     stats: Arc<ProcessStats>,
     scorer: Scorer,
@@ -75,6 +147,41 @@ pub struct Processor {
     model_mtime: Option<SystemTime>,
     /// Processed batches kept for the caller (`contrail train`, `contrail features`).
     keep: Option<Vec<RecordBatch>>,
+    /// State of every raw partition this processor owns.
+    partitions: BTreeMap<i32, PartitionState>,
+    /// The global-window merger, while this processor owns the partials partition (always,
+    /// when merging in-process).
+    merger: Option<Merger>,
+    changelog: Option<Arc<dyn ChangelogReader>>,
+    /// Progress of the partitions in the batch being processed, for the merger.
+    progress: Vec<Vec<u8>>,
+    /// Last offset processed per partition (names the archive files `finish` writes).
+    last_offsets: BTreeMap<i32, i64>,
+}
+
+impl std::fmt::Debug for dyn ChangelogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangelogReader")
+    }
+}
+
+/// A micro-batch's records for one partition: first and last offset.
+type Ranges = BTreeMap<i32, (i64, i64)>;
+
+fn offset_ranges<'a>(messages: impl Iterator<Item = &'a Message>) -> Ranges {
+    let mut ranges = Ranges::new();
+    for m in messages {
+        let r = ranges.entry(m.partition).or_insert((m.offset, m.offset));
+        r.0 = r.0.min(m.offset);
+        r.1 = r.1.max(m.offset);
+    }
+    ranges
+}
+
+fn rfc3339(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 impl Processor {
@@ -89,10 +196,27 @@ impl Processor {
                 config.grid_cell_deg
             )));
         }
-        let vars: SqlVars = [(
-            "grid_cell_deg".to_string(),
-            format!("{:?}", config.grid_cell_deg),
-        )]
+        let w = &config.window;
+        if w.length_us <= 0 || w.length_us % 1_000_000 != 0 {
+            return Err(Error::Config(
+                "--window-length must be a positive whole number of seconds".into(),
+            ));
+        }
+        if w.delay_us < 0 || w.lateness_us < 0 || w.state_ttl_us < 0 {
+            return Err(Error::Config(
+                "--watermark-delay, --allowed-lateness and --state-ttl must not be negative".into(),
+            ));
+        }
+        let vars: SqlVars = [
+            (
+                "grid_cell_deg".to_string(),
+                format!("{:?}", config.grid_cell_deg),
+            ),
+            (
+                "window_seconds".to_string(),
+                (w.length_us / 1_000_000).to_string(),
+            ),
+        ]
         .into();
         let (scorer, model_mtime) = match &config.model_path {
             Some(path) => {
@@ -106,21 +230,42 @@ impl Processor {
             None => (Scorer::unfitted(), None),
         };
         let sql = SqlPipeline::load(&config.sql_dir, &vars, &scorer).await?;
-        let archive = config
-            .archive_dir
-            .as_deref()
-            .map(|root| ArchiveWriter::new(root, "processed"));
+        let archive = config.archive_dir.as_deref().map(|root| Archives {
+            processed: ArchiveWriter::new(root, "processed"),
+            aircraft_windows: ArchiveWriter::with_time_column(
+                root,
+                "aircraft_windows",
+                "window_start",
+            ),
+            windows: ArchiveWriter::with_time_column(root, "windows", "window_start"),
+        });
+        let merger = config
+            .topics
+            .partials
+            .is_none()
+            .then(|| Merger::new(config.window, clock.now_micros()));
         Ok(Self {
             config,
             sql,
-            continuity: Continuity::default(),
             archive,
             clock,
             stats,
             scorer,
             model_mtime,
             keep: None,
+            partitions: BTreeMap::new(),
+            merger,
+            changelog: None,
+            progress: Vec::new(),
+            last_offsets: BTreeMap::new(),
         })
+    }
+
+    /// Restore partition state from this changelog (Kafka); without one, a partition
+    /// seen for the first time starts empty.
+    pub fn with_changelog(mut self, reader: Arc<dyn ChangelogReader>) -> Self {
+        self.changelog = Some(reader);
+        self
     }
 
     /// The scorer the SQL calls (its model, or the features an unfitted one was asked for).
@@ -135,6 +280,37 @@ impl Processor {
 
     pub fn take_processed(&mut self) -> Vec<RecordBatch> {
         self.keep.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    pub fn archive_dir(&self) -> Option<&std::path::Path> {
+        self.archive.as_ref().map(|a| a.processed.dir())
+    }
+
+    /// Aircraft and open per-aircraft windows held, over all owned partitions.
+    pub fn state_size(&self) -> (usize, usize) {
+        self.partitions.values().fold((0, 0), |(a, w), p| {
+            (a + p.aircraft_count(), w + p.open_windows())
+        })
+    }
+
+    /// Drops the state of partitions taken away by a rebalance.
+    pub fn revoke(&mut self, revoked: &[(String, i32)]) {
+        for (t, p) in revoked {
+            if Some(t) == self.config.topics.partials.as_ref() {
+                self.merger = None;
+            } else {
+                self.partitions.remove(p);
+            }
+        }
+    }
+
+    /// Drops all state after a failed commit; it is restored from the changelog as the
+    /// partitions' records arrive again.
+    pub fn reset(&mut self) {
+        self.partitions.clear();
+        if self.config.topics.partials.is_some() {
+            self.merger = None;
+        }
     }
 
     /// Hot reload at a batch boundary: a changed model file is loaded, validated and
@@ -175,42 +351,158 @@ impl Processor {
         }
     }
 
-    pub fn archive_dir(&self) -> Option<&std::path::Path> {
-        self.archive.as_ref().map(ArchiveWriter::dir)
+    /// Processes one micro-batch of raw records; returns the records to publish with its
+    /// commit. See [`Processor::process_all`].
+    pub async fn process(&mut self, messages: &[Message]) -> Result<Vec<OutRecord>> {
+        self.process_all(messages, &[]).await
     }
 
-    /// Processes one micro-batch; returns the records to publish with its commit. The
-    /// Parquet files are written (and durable) before this returns.
+    /// Processes one micro-batch: `raw` records and, when this processor merges through
+    /// the partials topic, `progress` records from it. Returns the records to publish
+    /// with its commit. The Parquet files are written (and durable) before this returns.
     ///
     /// A record that makes the SQL fail at run time (a cast its values do not survive, say)
     /// does not stop the stage: the batch is processed again one record at a time, which
     /// gives the same results for the others, and the failing record is dead-lettered with
     /// reason `sql_error`.
-    pub async fn process(&mut self, messages: &[Message]) -> Result<Vec<OutRecord>> {
+    pub async fn process_all(
+        &mut self,
+        raw: &[Message],
+        progress: &[Message],
+    ) -> Result<Vec<OutRecord>> {
         self.reload_model_if_changed();
         let now = self.clock.now();
-        match self.process_batch(messages, now).await {
-            Err(Error::Sql { .. }) if messages.len() > 1 => {
+        let ranges = offset_ranges(raw.iter());
+        self.restore(&ranges, progress).await?;
+        let mut out = match self.process_batch(raw, &ranges, now).await {
+            Err(Error::Sql { .. }) if raw.len() > 1 => {
                 tracing::warn!(
-                    records = messages.len(),
+                    records = raw.len(),
                     "SQL failed on a micro-batch; retrying record by record"
                 );
-                let mut out = Vec::with_capacity(messages.len());
-                for one in messages.chunks(1) {
-                    match self.process_batch(one, now).await {
+                let mut out = Vec::with_capacity(raw.len());
+                for one in raw.chunks(1) {
+                    match self.process_batch(one, &ranges, now).await {
                         Err(Error::Sql { path, message }) => {
                             out.push(self.sql_error(&one[0], &path, &message, now));
                         }
                         other => out.extend(other?),
                     }
                 }
-                Ok(out)
+                out
             }
-            Err(Error::Sql { path, message }) if messages.len() == 1 => {
-                Ok(vec![self.sql_error(&messages[0], &path, &message, now)])
+            Err(Error::Sql { path, message }) if raw.len() == 1 => {
+                vec![self.sql_error(&raw[0], &path, &message, now)]
             }
-            other => other,
+            other => other?,
+        };
+        // The windows this batch closed: in-process, or from the partials topic.
+        let mut progress_out = Vec::new();
+        let updates = std::mem::take(&mut self.progress);
+        if let Some(topic) = &self.config.topics.partials {
+            for u in updates {
+                progress_out.push(OutRecord::new(topic, None, u).to_partition(0));
+            }
+            if !progress.is_empty() {
+                let payloads: Vec<&[u8]> = progress.iter().map(|m| m.payload.as_slice()).collect();
+                let (partition, range) = offset_ranges(progress.iter())
+                    .into_iter()
+                    .next()
+                    .expect("progress is not empty");
+                out.extend(self.merge(&payloads, false, partition, range)?);
+            }
+        } else if !updates.is_empty()
+            && let Some((&partition, &range)) = ranges.iter().next()
+        {
+            let payloads: Vec<&[u8]> = updates.iter().map(Vec::as_slice).collect();
+            out.extend(self.merge(&payloads, false, partition, range)?);
         }
+        out.extend(progress_out);
+        Ok(out)
+    }
+
+    /// End of the input (a finished replay, the demo's end): closes every open window as
+    /// if the watermark had passed it. Only for in-process merging.
+    pub fn finish(&mut self) -> Result<Vec<OutRecord>> {
+        let spec = self.config.window;
+        let mut out = Vec::new();
+        let mut payloads = Vec::new();
+        // Files are named after the offset past the last one processed: no batch has it.
+        let after = |p: i32| self.last_offsets.get(&p).map_or(0, |o| o + 1);
+        let parts: Vec<i32> = self.partitions.keys().copied().collect();
+        for p in parts {
+            let st = self.partitions.get_mut(&p).expect("key");
+            let closed = st.close(&spec, true);
+            let wm = st.watermark(&spec);
+            let range = (after(p), after(p));
+            if let Some(progress) = self.emit_closed(p, wm, &closed, range, &mut out)? {
+                payloads.push(progress);
+            }
+        }
+        if self.config.topics.partials.is_none() {
+            let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            let next = self.last_offsets.values().max().map_or(0, |o| o + 1);
+            out.extend(self.merge(&refs, true, 0, (next, next))?);
+        }
+        Ok(out)
+    }
+
+    /// Restores the state of partitions seen for the first time, and the merger's.
+    async fn restore(&mut self, ranges: &Ranges, progress: &[Message]) -> Result<()> {
+        for (&p, &(first, _)) in ranges {
+            if self.partitions.contains_key(&p) {
+                continue;
+            }
+            let state = match &self.changelog {
+                None => PartitionState::default(),
+                Some(reader) => {
+                    let records = reader.read(p).await?;
+                    let state = PartitionState::restore(&records)?;
+                    let removed = match &self.archive {
+                        Some(a) => {
+                            a.processed.remove_uncommitted(p, first)?
+                                + a.aircraft_windows.remove_uncommitted(p, first)?
+                        }
+                        None => 0,
+                    };
+                    tracing::info!(
+                        partition = p,
+                        changelog_records = records.len(),
+                        aircraft = state.aircraft_count(),
+                        open_windows = state.open_windows(),
+                        uncommitted_files_removed = removed,
+                        "partition state restored"
+                    );
+                    self.stats.restores.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .uncommitted_files_removed
+                        .fetch_add(removed as u64, Ordering::Relaxed);
+                    state
+                }
+            };
+            self.partitions.insert(p, state);
+        }
+        if self.merger.is_none()
+            && let Some(m) = progress.first()
+        {
+            let first = progress.iter().map(|m| m.offset).min().unwrap_or(m.offset);
+            let records = match &self.changelog {
+                Some(reader) => reader.read(m.partition).await?,
+                None => Vec::new(),
+            };
+            let merger = Merger::restore(self.config.window, &records, self.clock.now_micros())?;
+            let removed = match &self.archive {
+                Some(a) => a.windows.remove_uncommitted(m.partition, first)?,
+                None => 0,
+            };
+            tracing::info!(
+                open_windows = merger.open_windows(),
+                uncommitted_files_removed = removed,
+                "window merger restored"
+            );
+            self.merger = Some(merger);
+        }
+        Ok(())
     }
 
     /// Dead-letters a record the SQL failed on, and counts it.
@@ -219,7 +511,7 @@ impl Processor {
         m: &Message,
         path: &std::path::Path,
         message: &str,
-        now: chrono::DateTime<chrono::Utc>,
+        now: DateTime<Utc>,
     ) -> OutRecord {
         self.stats.consumed.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -236,20 +528,22 @@ impl Processor {
         m: &Message,
         reason: &str,
         message: String,
-        now: chrono::DateTime<chrono::Utc>,
+        now: DateTime<Utc>,
     ) -> OutRecord {
         let dl = DeadLetter::new("process", reason, message, &m.payload, now).with_source(
             &m.topic,
             m.partition,
             m.offset,
         );
-        OutRecord::new(&self.config.dead_letter_topic, m.key.clone(), dl.to_json())
+        OutRecord::new(&self.config.topics.dead_letter, m.key.clone(), dl.to_json())
     }
 
+    /// `ranges`: the whole micro-batch's offset range per partition (archive file names).
     async fn process_batch(
         &mut self,
         messages: &[Message],
-        now: chrono::DateTime<chrono::Utc>,
+        ranges: &Ranges,
+        now: DateTime<Utc>,
     ) -> Result<Vec<OutRecord>> {
         let mut out = Vec::with_capacity(messages.len());
         let dead = |i: usize, reason: &str, message: String, out: &mut Vec<OutRecord>| {
@@ -261,12 +555,7 @@ impl Processor {
             dead(i, "decode_error", message, &mut out);
         }
         let decoded_seq = seq_values(&decoded.batch);
-        // The decoded batch always has the raw schema, so icao24 is there (Utf8).
-        let icao24 = decoded
-            .batch
-            .column_by_name("icao24")
-            .expect("raw schema column");
-        let previous = self.continuity.previous_table(icao24.as_string::<i32>())?;
+        let previous = self.previous_table(&decoded.batch, messages)?;
         let result = self.sql.run(decoded.batch, previous).await?;
 
         let kept: HashSet<i64> = result.kept.iter().copied().collect();
@@ -288,8 +577,17 @@ impl Processor {
             None,
         )?;
         let features = take_record_batch(features, &order)?;
-        self.continuity.update(&features)?;
         let seq = seq_values(&features);
+        let row_partitions: Vec<i32> = seq
+            .iter()
+            .map(|s| messages[*s as usize].partition)
+            .collect();
+        for (row, icao24, fix) in continuity::fixes(&features)? {
+            self.partitions
+                .get_mut(&row_partitions[row])
+                .expect("restored before processing")
+                .record_fix(icao24, fix);
+        }
         let processed = finish(&features, now.timestamp_micros())?;
         if let Some(flags) = processed
             .column_by_name("is_anomaly")
@@ -303,14 +601,16 @@ impl Processor {
             keep.push(processed.clone());
         }
 
-        for (row, key) in encode::to_json_rows(&processed)?
-            .into_iter()
-            .zip(keys(&processed))
-        {
-            out.push(OutRecord::new(&self.config.processed_topic, key, row));
+        let rows = encode::to_json_rows(&processed)?;
+        let keys = keys(&processed);
+        self.windows(&processed, &row_partitions, &seq, messages, &rows, &mut out)
+            .await?;
+        for (row, key) in rows.into_iter().zip(keys) {
+            out.push(OutRecord::new(&self.config.topics.processed, key, row));
         }
         if let Some(archive) = &self.archive {
-            let files = archive_by_partition(archive, &processed, &seq, messages)?;
+            let files =
+                archive_by_partition(&archive.processed, &processed, &row_partitions, ranges)?;
             self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
         }
         self.stats
@@ -323,8 +623,242 @@ impl Processor {
             .dead_lettered
             .fetch_add(dead_count, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+
+        // Windows the watermarks closed, and the state's changelog.
+        let touched: Vec<i32> = offset_ranges(messages.iter()).into_keys().collect();
+        let spec = self.config.window;
+        for p in touched {
+            let st = self.partitions.get_mut(&p).expect("restored");
+            let closed = st.close(&spec, false);
+            st.expire(&spec);
+            let wm = st.watermark(&spec);
+            let range = ranges.get(&p).copied().unwrap_or((0, 0));
+            if let Some(progress) = self.emit_closed(p, wm, &closed, range, &mut out)? {
+                self.progress.push(progress);
+            }
+            self.last_offsets.insert(p, range.1);
+            let st = self.partitions.get_mut(&p).expect("restored");
+            out.extend(st.changelog(&self.config.topics.changelog, p)?);
+        }
         Ok(out)
     }
+
+    /// The `previous` table: continuity of the aircraft in the decoded batch, each from
+    /// the state of the partition its record came from.
+    fn previous_table(&self, decoded: &RecordBatch, messages: &[Message]) -> Result<RecordBatch> {
+        // The decoded batch always has the raw schema, so icao24 and _seq are there.
+        let icao24 = decoded
+            .column_by_name("icao24")
+            .expect("raw schema column")
+            .as_string::<i32>();
+        let seq = seq_values(decoded);
+        let mut seen = HashSet::new();
+        let rows = icao24.iter().zip(&seq).filter_map(|(id, s)| {
+            let id = id?;
+            let p = messages[*s as usize].partition;
+            if !seen.insert(id) {
+                return None;
+            }
+            // Ingest validated icao24 as six lowercase hex digits, as clean.sql keys it.
+            self.partitions.get(&p)?.fixes(id).map(|f| (id, f))
+        });
+        continuity::previous_table(rows)
+    }
+
+    /// Decides which processed rows are late, publishes those, and merges the others'
+    /// partials (from `aggregate.sql`) into the window state.
+    async fn windows(
+        &mut self,
+        processed: &RecordBatch,
+        row_partitions: &[i32],
+        seq: &[i64],
+        messages: &[Message],
+        rows: &[Vec<u8>],
+        out: &mut Vec<OutRecord>,
+    ) -> Result<usize> {
+        let spec = self.config.window;
+        let ts = processed
+            .column_by_name("timestamp")
+            .expect("contract column")
+            .as_primitive::<TimestampMicrosecondType>();
+        let mut on_time = Vec::with_capacity(processed.num_rows());
+        let mut expected: HashSet<(i32, i64)> = HashSet::new();
+        for (i, &p) in row_partitions.iter().enumerate() {
+            let st = self.partitions.get_mut(&p).expect("restored");
+            let t = ts.value(i);
+            let wm = st.watermark(&spec);
+            let late = st.observe(&spec, t);
+            on_time.push(!late);
+            if late {
+                let m = &messages[seq[i] as usize];
+                let start = spec.start_of(t);
+                let mut payload = format!(
+                    r#"{{"reason":"late","window_start":"{}","window_end":"{}","watermark":"{}","partition":{},"offset":{},"record":"#,
+                    rfc3339(start),
+                    rfc3339(start + spec.length_us),
+                    rfc3339(wm),
+                    m.partition,
+                    m.offset
+                )
+                .into_bytes();
+                payload.extend_from_slice(&rows[i]);
+                payload.push(b'}');
+                out.push(OutRecord::new(
+                    &self.config.topics.late,
+                    m.key.clone(),
+                    payload,
+                ));
+            } else {
+                expected.insert((p, spec.start_of(t)));
+            }
+        }
+        let late = on_time.iter().filter(|x| !**x).count();
+        self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
+        let mask = BooleanArray::from(on_time);
+        let records = filter_record_batch(processed, &mask)?;
+        let parts: Vec<i32> = row_partitions
+            .iter()
+            .zip(mask.values().iter())
+            .filter_map(|(p, keep)| keep.then_some(*p))
+            .collect();
+        let partials = self
+            .sql
+            .run_aggregate(with_partition_column(&records, &parts)?)
+            .await?;
+        let partials = window::read_partials(&partials).map_err(|e| self.sql.aggregate_error(e))?;
+        for bp in &partials {
+            if !expected.contains(&(bp.partition, bp.window_start)) {
+                return Err(self.sql.aggregate_error(format!(
+                    "returned window {} for partition {}, which holds no on-time record of this batch: window_start must be date_bin of the {}-second window from the epoch",
+                    rfc3339(bp.window_start),
+                    bp.partition,
+                    spec.length_us / 1_000_000
+                )));
+            }
+            self.partitions
+                .get_mut(&bp.partition)
+                .expect("restored")
+                .add(bp.window_start, &bp.icao24, &bp.stats)?;
+        }
+        Ok(records.num_rows())
+    }
+
+    /// Publishes a partition's closed per-aircraft windows (topic + archive) and returns
+    /// the progress for the merger (its watermark and the windows' partials).
+    fn emit_closed(
+        &self,
+        partition: i32,
+        watermark: i64,
+        closed: &[AircraftWindow],
+        range: (i64, i64),
+        out: &mut Vec<OutRecord>,
+    ) -> Result<Option<Vec<u8>>> {
+        let spec = &self.config.window;
+        if !closed.is_empty() {
+            let batch = window::aircraft_batch(spec, closed)?;
+            for (row, w) in encode::to_json_rows(&batch)?.into_iter().zip(closed) {
+                out.push(OutRecord::new(
+                    &self.config.topics.aircraft_aggregates,
+                    Some(rfc3339(w.window_start).into_bytes()),
+                    row,
+                ));
+            }
+            if let Some(a) = &self.archive {
+                let files = a
+                    .aircraft_windows
+                    .write(&batch, partition, range.0, range.1)?;
+                self.stats
+                    .archive_files
+                    .fetch_add(files.len() as u64, Ordering::Relaxed);
+            }
+            self.stats
+                .aircraft_windows
+                .fetch_add(closed.len() as u64, Ordering::Relaxed);
+        }
+        if watermark == i64::MIN && closed.is_empty() {
+            return Ok(None);
+        }
+        let progress = Progress {
+            partition,
+            partitions: self.config.source_partitions,
+            watermark_us: watermark,
+            windows: window::partition_partials(closed)?,
+        };
+        Ok(Some(window::to_json(&progress)?))
+    }
+
+    /// Feeds progress to the merger and publishes the global windows it closes.
+    fn merge(
+        &mut self,
+        payloads: &[&[u8]],
+        all: bool,
+        partition: i32,
+        range: (i64, i64),
+    ) -> Result<Vec<OutRecord>> {
+        let now = self.clock.now_micros();
+        let spec = self.config.window;
+        let merger = self
+            .merger
+            .as_mut()
+            .ok_or_else(|| Error::Internal("merging without a merger".into()))?;
+        let mut out = Vec::new();
+        for payload in payloads {
+            let progress: Progress = serde_json::from_slice(payload)
+                .map_err(|e| Error::Bus(format!("a window-partials record does not parse: {e}")))?;
+            for late in merger.apply(&progress, now)? {
+                self.stats.late_partials.fetch_add(1, Ordering::Relaxed);
+                out.push(late_partial(
+                    &self.config.topics.late,
+                    &spec,
+                    &progress,
+                    &late,
+                ));
+            }
+        }
+        let closed = merger.close(now, all);
+        out.extend(merger.changelog(&self.config.topics.changelog, partition)?);
+        if !closed.is_empty() {
+            let batch = window::global_batch(&spec, &closed)?;
+            for (row, w) in encode::to_json_rows(&batch)?.into_iter().zip(&closed) {
+                out.push(OutRecord::new(
+                    &self.config.topics.aggregated,
+                    Some(rfc3339(w.window_start).into_bytes()),
+                    row,
+                ));
+            }
+            if let Some(a) = &self.archive {
+                let files = a.windows.write(&batch, partition, range.0, range.1)?;
+                self.stats
+                    .archive_files
+                    .fetch_add(files.len() as u64, Ordering::Relaxed);
+            }
+            self.stats
+                .windows
+                .fetch_add(closed.len() as u64, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+}
+
+fn late_partial(
+    topic: &str,
+    spec: &WindowSpec,
+    progress: &Progress,
+    w: &WindowPartial,
+) -> OutRecord {
+    let v = serde_json::json!({
+        "reason": "late_partial",
+        "window_start": rfc3339(w.window_start),
+        "window_end": rfc3339(w.window_start + spec.length_us),
+        "partition": progress.partition,
+        "event_count": w.stats.events,
+        "unique_aircraft": w.aircraft,
+    });
+    OutRecord::new(
+        topic,
+        Some(rfc3339(w.window_start).into_bytes()),
+        v.to_string().into_bytes(),
+    )
 }
 
 /// Drops `_seq` and appends `processing_timestamp`.
@@ -363,24 +897,18 @@ fn keys(batch: &RecordBatch) -> Vec<Option<Vec<u8>>> {
 fn archive_by_partition(
     archive: &ArchiveWriter,
     batch: &RecordBatch,
-    seq: &[i64],
-    messages: &[Message],
+    row_partitions: &[i32],
+    ranges: &Ranges,
 ) -> Result<u64> {
-    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-    for m in messages {
-        let r = ranges.entry(m.partition).or_insert((m.offset, m.offset));
-        r.0 = r.0.min(m.offset);
-        r.1 = r.1.max(m.offset);
-    }
     let single = ranges.len() == 1;
     let mut files = 0;
-    for (partition, (first, last)) in ranges {
+    for (&partition, &(first, last)) in ranges {
         let part = if single {
             batch.clone()
         } else {
-            let mask: BooleanArray = seq
+            let mask: BooleanArray = row_partitions
                 .iter()
-                .map(|s| Some(messages[*s as usize].partition == partition))
+                .map(|p| Some(*p == partition))
                 .collect();
             filter_record_batch(batch, &mask)?
         };
@@ -393,6 +921,10 @@ fn archive_by_partition(
 
 /// Runs the process stage until the bus ends or `shutdown` fires. A batch in progress is
 /// always finished and committed; shutdown only interrupts the wait for the next one.
+///
+/// A failed commit (the broker went away, the group moved on) is not the end: the bus
+/// rewinds to its committed position, the state is dropped and restored from the
+/// changelog, and the voided batches are processed again.
 pub async fn run_process(
     processor: &mut Processor,
     consumer: &mut dyn BatchConsumer,
@@ -402,18 +934,36 @@ pub async fn run_process(
         processor.config.batch_max_records,
         processor.config.batch_max_wait,
     );
+    let partials = processor.config.topics.partials.clone();
     loop {
         let batch = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
             batch = consumer.next_batch(max_records, max_wait) => batch?,
         };
-        let Some(messages) = batch else { return Ok(()) };
+        processor.revoke(&consumer.take_revoked());
+        let Some(messages) = batch else {
+            let outputs = processor.finish()?;
+            return consumer.commit(outputs).await;
+        };
         if messages.is_empty() {
             continue;
         }
-        let outputs = processor.process(&messages).await?;
-        consumer.commit(outputs).await?;
+        let (progress, raw): (Vec<Message>, Vec<Message>) = messages
+            .into_iter()
+            .partition(|m| Some(&m.topic) == partials.as_ref());
+        let result = match processor.process_all(&raw, &progress).await {
+            Ok(outputs) => consumer.commit(outputs).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            if !e.is_retryable() {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "micro-batch failed; rewinding to the last commit");
+            consumer.recover().await.map_err(|_| e)?;
+            processor.reset();
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! The pipeline's logic as SQL files users edit: `sql/clean.sql` then `sql/features.sql`,
-//! run by DataFusion on each micro-batch.
+//! run by DataFusion on each micro-batch, and `sql/aggregate.sql` for the window partials.
 //!
 //! Files may use `${name}` settings (see [`SqlVars`]); they are substituted before planning.
 //! Both files are read-only queries (DDL, DML and statements are refused). At load time they
-//! are planned against empty inputs and checked: `clean.sql` keeps `_seq`, and
-//! `features.sql` produces every column of the processed contract. A file that fails is
+//! are planned against empty inputs and checked: `clean.sql` keeps `_seq`,
+//! `features.sql` produces every column of the processed contract, and `aggregate.sql`
+//! every partial column the window state merges. A file that fails is
 //! reported with its path and DataFusion's message.
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::continuity::PREVIOUS_SCHEMA;
 use super::decode::raw_with_seq_schema;
+use super::window::{PARTITION_COLUMN, read_partials};
 use crate::error::{Error, Result};
 use crate::schema::{PROCESSING_TIMESTAMP, SEQ_COLUMN, processed_contract_columns};
 use crate::udf::{IsAnomaly, IsolationForestScore, Scorer};
@@ -98,6 +100,7 @@ pub struct SqlPipeline {
     ctx: SessionContext,
     clean: SqlFile,
     features: SqlFile,
+    aggregate: SqlFile,
 }
 
 impl std::fmt::Debug for SqlPipeline {
@@ -105,15 +108,17 @@ impl std::fmt::Debug for SqlPipeline {
         f.debug_struct("SqlPipeline")
             .field("clean", &self.clean.path)
             .field("features", &self.features.path)
+            .field("aggregate", &self.aggregate.path)
             .finish_non_exhaustive()
     }
 }
 
 impl SqlPipeline {
-    /// Loads `clean.sql` and `features.sql` from `dir` and checks them.
+    /// Loads `clean.sql`, `features.sql` and `aggregate.sql` from `dir` and checks them.
     pub async fn load(dir: &Path, vars: &SqlVars, scorer: &Scorer) -> Result<Self> {
         let clean = SqlFile::load(&dir.join("clean.sql"), vars)?;
         let features = SqlFile::load(&dir.join("features.sql"), vars)?;
+        let aggregate = SqlFile::load(&dir.join("aggregate.sql"), vars)?;
         let config = SessionConfig::new()
             // A micro-batch is small; one partition avoids repartitioning it per query.
             .with_target_partitions(1)
@@ -125,6 +130,7 @@ impl SqlPipeline {
             ctx,
             clean,
             features,
+            aggregate,
         };
         pipeline.check().await?;
         Ok(pipeline)
@@ -151,10 +157,26 @@ impl SqlPipeline {
                 "must not produce {PROCESSING_TIMESTAMP}: the pipeline stamps it"
             )));
         }
+        let records = with_partition_column(&out.features, &[])?;
+        let partials = self.run_aggregate(records).await?;
+        read_partials(&partials).map_err(|e| self.aggregate.error(e))?;
         Ok(())
     }
 
-    async fn query(&self, file: &SqlFile) -> Result<RecordBatch> {
+    /// Runs `aggregate.sql` on `records` (processed rows with `_partition`).
+    pub async fn run_aggregate(&self, records: RecordBatch) -> Result<RecordBatch> {
+        self.ctx.register_batch("records", records)?;
+        let out = self.query(&self.aggregate, false).await;
+        self.ctx.deregister_table("records")?;
+        out
+    }
+
+    /// The path of `aggregate.sql`, for errors about what it returned.
+    pub fn aggregate_error(&self, message: impl std::fmt::Display) -> Error {
+        self.aggregate.error(message)
+    }
+
+    async fn query(&self, file: &SqlFile, keeps_seq: bool) -> Result<RecordBatch> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
@@ -167,12 +189,13 @@ impl SqlPipeline {
         let schema: SchemaRef = Arc::clone(df.schema().inner());
         let batches = df.collect().await.map_err(|e| file.error(e))?;
         let batch = concat_batches(&schema, &batches)?;
-        if batch
-            .schema()
-            .field_with_name(SEQ_COLUMN)
-            .map(|f| f.data_type().clone())
-            .ok()
-            != Some(arrow::datatypes::DataType::Int64)
+        if keeps_seq
+            && batch
+                .schema()
+                .field_with_name(SEQ_COLUMN)
+                .map(|f| f.data_type().clone())
+                .ok()
+                != Some(arrow::datatypes::DataType::Int64)
         {
             return Err(file.error(format!("output must keep the {SEQ_COLUMN} column (Int64)")));
         }
@@ -183,7 +206,7 @@ impl SqlPipeline {
     pub async fn run(&self, raw: RecordBatch, previous: RecordBatch) -> Result<SqlOutput> {
         let input_rows = raw.num_rows();
         self.ctx.register_batch("raw", raw)?;
-        let clean = self.query(&self.clean).await;
+        let clean = self.query(&self.clean, true).await;
         self.ctx.deregister_table("raw")?;
         let clean = clean?;
         if clean.num_rows() > input_rows {
@@ -197,7 +220,7 @@ impl SqlPipeline {
 
         self.ctx.register_batch("clean", clean.clone())?;
         self.ctx.register_batch("previous", previous)?;
-        let features = self.query(&self.features).await;
+        let features = self.query(&self.features, true).await;
         self.ctx.deregister_table("clean")?;
         self.ctx.deregister_table("previous")?;
         let features = features?;
@@ -215,6 +238,24 @@ impl SqlPipeline {
     }
 }
 
+/// `batch` with an Int32 `_partition` column appended (`partitions[i]` for row `i`).
+pub fn with_partition_column(batch: &RecordBatch, partitions: &[i32]) -> Result<RecordBatch> {
+    let mut fields: Vec<arrow::datatypes::FieldRef> = batch.schema().fields().to_vec();
+    fields.push(Arc::new(arrow::datatypes::Field::new(
+        PARTITION_COLUMN,
+        arrow::datatypes::DataType::Int32,
+        false,
+    )));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(arrow::array::Int32Array::from(
+        partitions.to_vec(),
+    )));
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// The `_seq` column of a batch that has one.
 pub fn seq_values(batch: &RecordBatch) -> Vec<i64> {
     batch
@@ -228,7 +269,11 @@ mod tests {
     use super::*;
 
     fn vars() -> SqlVars {
-        [("grid_cell_deg".to_string(), "1.0".to_string())].into()
+        [
+            ("grid_cell_deg".to_string(), "1.0".to_string()),
+            ("window_seconds".to_string(), "600".to_string()),
+        ]
+        .into()
     }
 
     #[test]
@@ -251,6 +296,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("clean.sql"), clean).unwrap();
         std::fs::write(dir.path().join("features.sql"), features).unwrap();
+        std::fs::write(dir.path().join("aggregate.sql"), repo_sql("aggregate.sql")).unwrap();
         SqlPipeline::load(dir.path(), &vars(), &Scorer::unfitted()).await
     }
 

@@ -14,7 +14,7 @@ use contrail::model::Model;
 use contrail::pipeline::continuity::PREVIOUS_SCHEMA;
 use contrail::pipeline::decode::decode;
 use contrail::pipeline::encode::to_json_rows;
-use contrail::pipeline::sql::{SqlPipeline, SqlVars};
+use contrail::pipeline::sql::{SqlPipeline, SqlVars, with_partition_column};
 use contrail::udf::Scorer;
 
 fn root() -> PathBuf {
@@ -55,7 +55,10 @@ fn previous_batch() -> RecordBatch {
 }
 
 fn sorted_by_seq(batch: &RecordBatch) -> RecordBatch {
-    let idx = sort_to_indices(batch.column_by_name("_seq").unwrap(), None, None).unwrap();
+    let Some(seq) = batch.column_by_name("_seq") else {
+        return batch.clone();
+    };
+    let idx = sort_to_indices(seq, None, None).unwrap();
     take_record_batch(batch, &idx).unwrap()
 }
 
@@ -88,13 +91,23 @@ fn check_golden(name: &str, batch: &RecordBatch) {
 }
 
 async fn run() -> contrail::pipeline::sql::SqlOutput {
-    let vars: SqlVars = [("grid_cell_deg".to_string(), "1.0".to_string())].into();
+    let (_, out) = run_with_pipeline().await;
+    out
+}
+
+async fn run_with_pipeline() -> (SqlPipeline, contrail::pipeline::sql::SqlOutput) {
+    let vars: SqlVars = [
+        ("grid_cell_deg".to_string(), "1.0".to_string()),
+        ("window_seconds".to_string(), "600".to_string()),
+    ]
+    .into();
     // The shipped model scores the fixture: retraining it shows up in the golden diff.
     let model = Model::load(&root().join("models/flight_anomaly_detector.json")).unwrap();
     let sql = SqlPipeline::load(&root().join("sql"), &vars, &Scorer::fitted(model))
         .await
         .unwrap();
-    sql.run(raw_batch(), previous_batch()).await.unwrap()
+    let out = sql.run(raw_batch(), previous_batch()).await.unwrap();
+    (sql, out)
 }
 
 #[tokio::test]
@@ -112,12 +125,35 @@ async fn features_sql_golden() {
     check_golden("features.jsonl", &out.features);
 }
 
+#[tokio::test]
+async fn aggregate_sql_golden() {
+    let (sql, out) = run_with_pipeline().await;
+    // Rows alternate between two partitions, so partials split by partition too.
+    let parts: Vec<i32> = (0..out.features.num_rows() as i32).map(|i| i % 2).collect();
+    let records = with_partition_column(&out.features, &parts).unwrap();
+    let partials = sql.run_aggregate(records).await.unwrap();
+    let sorted = arrow::compute::lexsort_to_indices(
+        &["_partition", "window_start", "icao24"].map(|c| arrow::compute::SortColumn {
+            values: partials.column_by_name(c).unwrap().clone(),
+            options: None,
+        }),
+        None,
+    )
+    .unwrap();
+    let partials = arrow::compute::take_record_batch(&partials, &sorted).unwrap();
+    check_golden("aggregate.jsonl", &partials);
+}
+
 #[test]
 fn golden_files_are_reviewed_text() {
     // Guard against an empty golden file passing by accident.
-    for name in ["clean.jsonl", "features.jsonl"] {
+    for (name, rows) in [
+        ("clean.jsonl", 9),
+        ("features.jsonl", 9),
+        ("aggregate.jsonl", 9),
+    ] {
         let p: &Path = &root().join("tests/golden").join(name);
         let text = std::fs::read_to_string(p).unwrap();
-        assert_eq!(text.lines().count(), 9, "{name}");
+        assert_eq!(text.lines().count(), rows, "{name}");
     }
 }

@@ -293,6 +293,43 @@ impl Processor {
         })
     }
 
+    /// The windows of `records` (processed rows, e.g. read back from the archive) computed
+    /// in one batch query with the same `aggregate.sql`, every window closed: per-aircraft
+    /// rows and global rows as the stream emits them. The oracle of the window tests.
+    pub async fn batch_windows(
+        &self,
+        records: &[RecordBatch],
+    ) -> Result<(RecordBatch, RecordBatch)> {
+        let spec = self.config.window;
+        let mut per_aircraft: BTreeMap<(i64, String), window::Partial> = BTreeMap::new();
+        for batch in records {
+            let parts = vec![0; batch.num_rows()];
+            let partials = self
+                .sql
+                .run_aggregate(with_partition_column(batch, &parts)?)
+                .await?;
+            for bp in window::read_partials(&partials).map_err(|e| self.sql.aggregate_error(e))? {
+                per_aircraft
+                    .entry((bp.window_start, bp.icao24))
+                    .or_default()
+                    .merge(&bp.stats)?;
+            }
+        }
+        let aircraft: Vec<AircraftWindow> = per_aircraft
+            .into_iter()
+            .map(|((window_start, icao24), stats)| AircraftWindow {
+                window_start,
+                icao24,
+                stats,
+            })
+            .collect();
+        let global = window::partition_partials(&aircraft)?;
+        Ok((
+            window::aircraft_batch(&spec, &aircraft)?,
+            window::global_batch(&spec, &global)?,
+        ))
+    }
+
     /// Drops the state of partitions taken away by a rebalance.
     pub fn revoke(&mut self, revoked: &[(String, i32)]) {
         for (t, p) in revoked {

@@ -301,7 +301,13 @@ pub struct ProcessArgs {
     /// Consumer group shared by all processors (scale out by starting more).
     #[arg(long, env = "CONTRAIL_GROUP_ID", default_value = "contrail-process")]
     pub group_id: String,
-    /// Kafka transactional.id of this processor [default: derived from group and process id].
+    /// Stable name of this processor instance (e.g. the host or pod name): static group
+    /// membership, so a restarted instance gets its partitions back at once, and a
+    /// transactional.id that fences the crashed instance's open transaction.
+    #[arg(long, env = "CONTRAIL_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Kafka transactional.id of this processor [default: GROUP-INSTANCE, else derived
+    /// from group and process id].
     #[arg(long, env = "CONTRAIL_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
     /// Exit once this many records were consumed (for benchmarks and tests).

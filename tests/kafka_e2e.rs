@@ -6,56 +6,25 @@
 //! Needs a broker (`KAFKA_BOOTSTRAP`, default 127.0.0.1:9092) and `CONTRAIL_PYTHON` (a Python
 //! with duckdb and pyarrow); `scripts/test` provides both and runs the ignored tests.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use chrono::DateTime;
+use common::{bootstrap, contrail, read_all};
 use contrail::dead_letter::DeadLetter;
 use contrail::ingest::simulator::{Emitted, Simulator, SimulatorConfig};
 use contrail::ingest::validate::{Dedupe, validate};
 use contrail::schema::processed_contract_columns;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 
 const RECORDS: usize = 50_000;
 const SEED: u64 = 21;
 const START: &str = "2026-11-25T08:00:00Z";
 const INVALID_RATE: f64 = 0.01;
-
-fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-/// Runs the binary; fails the test on a non-zero exit or after `limit`.
-fn contrail(args: &[&str], limit: Duration) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_contrail"))
-        .args(args)
-        .env("CONTRAIL_LOG", "info,rdkafka=warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-            assert!(
-                status.success(),
-                "contrail {args:?} failed: {status}\n{out}"
-            );
-            return out;
-        }
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("contrail {args:?} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// What ingest must publish: the simulator's first RECORDS records through validation and
 /// dedupe, computed here independently of the binary.
@@ -87,41 +56,9 @@ fn expected() -> (Vec<(String, i64)>, usize) {
     (valid, invalid)
 }
 
-/// Reads `topic` from the start as `read_committed` until `want` records arrived, then
-/// keeps listening a little longer so that duplicates would show.
-async fn read_topic(topic: &str, want: usize) -> Vec<rdkafka::message::OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", format!("{topic}-reader"))
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut quiet_until: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        if now > deadline || quiet_until.is_some_and(|q| now > q) {
-            break;
-        }
-        match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
-            Ok(Ok(m)) => out.push(m.detach()),
-            Ok(Err(e)) => panic!("reading {topic}: {e}"),
-            Err(_) => {}
-        }
-        if out.len() >= want && quiet_until.is_none() {
-            quiet_until = Some(Instant::now() + Duration::from_secs(3));
-        }
-    }
-    out
-}
-
-#[tokio::test]
+#[test]
 #[ignore = "needs Apache Kafka and CONTRAIL_PYTHON: run scripts/test"]
-async fn simulator_through_kafka_exactly_once_with_archive() {
+fn simulator_through_kafka_exactly_once_with_archive() {
     let python = std::env::var("CONTRAIL_PYTHON").expect(
         "CONTRAIL_PYTHON must point at a Python with duckdb and pyarrow (scripts/test sets it)",
     );
@@ -148,6 +85,10 @@ async fn simulator_through_kafka_exactly_once_with_archive() {
         t("aircraft-agg"),
         "--topic-window-state".into(),
         t("state"),
+        "--topic-window-partials".into(),
+        t("partials"),
+        "--topic-late".into(),
+        t("late"),
     ];
     let with = |cmd: &[&str], extra: &[String]| -> Vec<String> {
         cmd.iter()
@@ -156,22 +97,19 @@ async fn simulator_through_kafka_exactly_once_with_archive() {
             .chain(extra.iter().cloned())
             .collect()
     };
-    let run = |args: Vec<String>, secs: u64| {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        contrail(&refs, Duration::from_secs(secs))
-    };
+    let run = |args: Vec<String>, secs: u64| contrail(&args, Duration::from_secs(secs));
 
     // Topics: created once, harmless the second time.
     let first = run(
         with(&["topics", "create"], &["--partitions".into(), "3".into()]),
         60,
     );
-    assert_eq!(first.matches(": created").count(), 6, "{first}");
+    assert_eq!(first.matches(": created").count(), 8, "{first}");
     let second = run(
         with(&["topics", "create"], &["--partitions".into(), "3".into()]),
         60,
     );
-    assert_eq!(second.matches(": exists").count(), 6, "{second}");
+    assert_eq!(second.matches(": exists").count(), 8, "{second}");
 
     let (valid, invalid) = expected();
     assert!(
@@ -224,7 +162,7 @@ async fn simulator_through_kafka_exactly_once_with_archive() {
     );
 
     // Every valid record exactly once, with the contract's columns and key.
-    let out = read_topic(&processed, valid.len()).await;
+    let out = read_all(&processed);
     let contract: Vec<String> = processed_contract_columns();
     let mut seen: HashMap<(String, i64), usize> = HashMap::new();
     for m in &out {
@@ -253,7 +191,7 @@ async fn simulator_through_kafka_exactly_once_with_archive() {
     }
 
     // Every invalid record in the dead-letter topic, with its reason and original bytes.
-    let dead = read_topic(&dlq, invalid).await;
+    let dead = read_all(&dlq);
     assert_eq!(dead.len(), invalid, "dead-letter count");
     for m in &dead {
         let d: DeadLetter = serde_json::from_slice(m.payload().unwrap()).unwrap();

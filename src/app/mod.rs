@@ -336,14 +336,18 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
             bootstrap: bootstrap.clone(),
             topic: t.topic_window_state.clone(),
         }));
-    let transactional_id = args.transactional_id.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}-{}",
-            args.group_id,
-            std::process::id(),
-            crate::clock::Clock::now_micros(&SystemClock)
-        )
-    });
+    let transactional_id =
+        args.transactional_id
+            .clone()
+            .unwrap_or_else(|| match &args.instance_id {
+                Some(instance) => format!("{}-{instance}", args.group_id),
+                None => format!(
+                    "{}-{}-{}",
+                    args.group_id,
+                    std::process::id(),
+                    crate::clock::Clock::now_micros(&SystemClock)
+                ),
+            });
     let mut consumer = KafkaBatchConsumer::new(&KafkaConsumerConfig {
         bootstrap: bootstrap.clone(),
         group_id: args.group_id.clone(),
@@ -352,6 +356,7 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
             args.topics.topic_window_partials.clone(),
         ],
         transactional_id,
+        instance_id: args.instance_id.clone(),
     })
     .await?;
     tracing::info!(%bootstrap, group = %args.group_id, topic = %args.topics.topic_raw, "processing");

@@ -133,6 +133,8 @@ pub struct KafkaConsumerConfig {
     pub topics: Vec<String>,
     /// Unique per running processor instance.
     pub transactional_id: String,
+    /// `group.instance.id` (static membership), if the instance has a stable name.
+    pub instance_id: Option<String>,
 }
 
 type Revoked = Arc<Mutex<Vec<(String, i32)>>>;
@@ -262,7 +264,11 @@ async fn connect(
     config: &KafkaConsumerConfig,
     revoked: Revoked,
 ) -> Result<(StreamConsumer<RebalanceTracker>, FutureProducer)> {
-    let consumer: StreamConsumer<RebalanceTracker> = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    if let Some(id) = &config.instance_id {
+        client.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<RebalanceTracker> = client
         .set("bootstrap.servers", &config.bootstrap)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")

@@ -310,6 +310,10 @@ pub struct ProcessArgs {
     /// from group and process id].
     #[arg(long, env = "CONTRAIL_TRANSACTIONAL_ID")]
     pub transactional_id: Option<String>,
+    /// At-least-once instead of exactly-once: outputs, then offsets, no transaction. Only
+    /// for measuring what transactions cost.
+    #[arg(long, env = "CONTRAIL_NO_TRANSACTIONS")]
+    pub no_transactions: bool,
     /// Exit once this many records were consumed (for benchmarks and tests).
     #[arg(long, env = "CONTRAIL_STOP_AFTER")]
     pub stop_after: Option<u64>,

@@ -357,8 +357,12 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
         ],
         transactional_id,
         instance_id: args.instance_id.clone(),
+        transactional: !args.no_transactions,
     })
     .await?;
+    if args.no_transactions {
+        tracing::warn!("--no-transactions: at-least-once; outputs may repeat after a failure");
+    }
     tracing::info!(%bootstrap, group = %args.group_id, topic = %args.topics.topic_raw, "processing");
     let stop = CancellationToken::new();
     // Throughput counts from the first record, not from start-up and the group join.

@@ -24,7 +24,7 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{BatchConsumer, ChangelogReader, Message, OutRecord, Publisher};
+use super::{BatchConsumer, ChangelogReader, ChangelogRecord, Message, OutRecord, Publisher};
 use crate::error::{Error, Result};
 
 /// How long a transactional call may wait for the broker before the batch fails.
@@ -135,6 +135,9 @@ pub struct KafkaConsumerConfig {
     pub transactional_id: String,
     /// `group.instance.id` (static membership), if the instance has a stable name.
     pub instance_id: Option<String>,
+    /// `false`: at-least-once (outputs produced, then offsets committed), only to measure
+    /// what transactions cost.
+    pub transactional: bool,
 }
 
 type Revoked = Arc<Mutex<Vec<(String, i32)>>>;
@@ -210,19 +213,32 @@ impl KafkaBatchConsumer {
         })
     }
 
-    async fn commit_transaction(&mut self, outputs: &[OutRecord]) -> Result<()> {
-        let producer = self.producer.clone();
-        blocking(move || producer.begin_transaction())
-            .await
-            .map_err(|e| Error::kafka("beginning transaction", e))?;
-        send_all(&self.producer, outputs).await?;
-
+    fn offsets(&self) -> Result<TopicPartitionList> {
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &self.positions {
             offsets
                 .add_partition_offset(topic, *partition, Offset::Offset(*next))
                 .map_err(|e| Error::kafka("building offset list", e))?;
         }
+        Ok(offsets)
+    }
+
+    /// At-least-once: outputs first, then the offsets.
+    async fn commit_plain(&mut self, outputs: &[OutRecord]) -> Result<()> {
+        send_all(&self.producer, outputs).await?;
+        let offsets = self.offsets()?;
+        self.consumer
+            .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
+            .map_err(|e| Error::kafka("committing offsets", e))
+    }
+
+    async fn commit_transaction(&mut self, outputs: &[OutRecord]) -> Result<()> {
+        let producer = self.producer.clone();
+        blocking(move || producer.begin_transaction())
+            .await
+            .map_err(|e| Error::kafka("beginning transaction", e))?;
+        send_all(&self.producer, outputs).await?;
+        let offsets = self.offsets()?;
         let metadata = self.consumer.group_metadata().ok_or_else(|| {
             Error::Bus("consumer has no group metadata (not in a consumer group yet)".into())
         })?;
@@ -286,6 +302,12 @@ async fn connect(
         .subscribe(&topics)
         .map_err(|e| Error::kafka(format!("subscribing to {topics:?}"), e))?;
 
+    if !config.transactional {
+        let producer = producer_config(&config.bootstrap)
+            .create()
+            .map_err(|e| Error::kafka("creating producer", e))?;
+        return Ok((consumer, producer));
+    }
     let producer: FutureProducer = producer_config(&config.bootstrap)
         .set("transactional.id", &config.transactional_id)
         .set("transaction.timeout.ms", "120000")
@@ -368,6 +390,11 @@ impl BatchConsumer for KafkaBatchConsumer {
         if self.positions.is_empty() && outputs.is_empty() {
             return Ok(());
         }
+        if !self.config.transactional {
+            self.commit_plain(&outputs).await?;
+            self.positions.clear();
+            return Ok(());
+        }
         if let Err(e) = self.commit_transaction(&outputs).await {
             let producer = self.producer.clone();
             if let Err(abort) = blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
@@ -422,7 +449,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[async_trait]
 impl ChangelogReader for KafkaChangelogReader {
-    async fn read(&self, partition: i32) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
+    async fn read(&self, partition: i32) -> Result<Vec<ChangelogRecord>> {
         let (bootstrap, topic) = (self.bootstrap.clone(), self.topic.clone());
         let context = format!("restoring state from {topic} partition {partition}");
         blocking(move || read_changelog(&bootstrap, &topic, partition))
@@ -435,7 +462,7 @@ fn read_changelog(
     bootstrap: &str,
     topic: &str,
     partition: i32,
-) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, KafkaError> {
+) -> Result<Vec<ChangelogRecord>, KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "contrail-changelog-restore")

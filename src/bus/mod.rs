@@ -104,9 +104,12 @@ pub trait BatchConsumer: Send {
     }
 }
 
-/// Reads a compacted changelog partition from its start to its last committed record, as
-/// `(key, value)` pairs in offset order; `None` values are tombstones.
+/// A changelog record: key and value; `None` is a tombstone.
+pub type ChangelogRecord = (Vec<u8>, Option<Vec<u8>>);
+
+/// Reads a compacted changelog partition from its start to its last committed record, in
+/// offset order.
 #[async_trait]
 pub trait ChangelogReader: Send + Sync {
-    async fn read(&self, partition: i32) -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>>;
+    async fn read(&self, partition: i32) -> Result<Vec<ChangelogRecord>>;
 }

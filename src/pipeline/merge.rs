@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::window::{Progress, WindowPartial, WindowSpec, from_json, to_json};
-use crate::bus::OutRecord;
+use crate::bus::{ChangelogRecord, OutRecord};
 use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -180,11 +180,7 @@ impl Merger {
     }
 
     /// Rebuilds the merger from its changelog records; other keys are skipped.
-    pub fn restore(
-        spec: WindowSpec,
-        records: &[(Vec<u8>, Option<Vec<u8>>)],
-        now_us: i64,
-    ) -> Result<Self> {
+    pub fn restore(spec: WindowSpec, records: &[ChangelogRecord], now_us: i64) -> Result<Self> {
         let mut m = Self::new(spec, now_us);
         for (key, value) in records {
             let k = String::from_utf8_lossy(key);
@@ -294,7 +290,7 @@ mod tests {
             .unwrap();
         m.apply(&progress(1, T0, vec![]), 0).unwrap();
         m.close(0, false);
-        let log: Vec<(Vec<u8>, Option<Vec<u8>>)> = m
+        let log: Vec<ChangelogRecord> = m
             .changelog("cl", 0)
             .unwrap()
             .into_iter()

@@ -32,7 +32,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use super::continuity::Fix;
-use crate::bus::OutRecord;
+use crate::bus::{ChangelogRecord, OutRecord};
 use crate::error::{Error, Result};
 use crate::schema::timestamp_type;
 
@@ -341,7 +341,7 @@ impl PartitionState {
 
     /// Rebuilds the state from its changelog records (offset order; later ones win).
     /// Records of other owners of the changelog partition (other key prefixes) are skipped.
-    pub fn restore(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Self> {
+    pub fn restore(records: &[ChangelogRecord]) -> Result<Self> {
         let mut state = Self::default();
         for (key, value) in records {
             if key == META_KEY {
@@ -703,7 +703,7 @@ mod tests {
         );
         p.add(t0, "aaa", &one(3.0)).unwrap();
         p.record_fix("ccc", fix);
-        let mut log: Vec<(Vec<u8>, Option<Vec<u8>>)> = p
+        let mut log: Vec<ChangelogRecord> = p
             .changelog("cl", 2)
             .unwrap()
             .into_iter()

@@ -263,7 +263,9 @@ async fn a_record_the_sql_cannot_handle_is_dead_lettered_and_its_neighbours_go_o
         );
     assert!(features.contains("callsign_number"));
     std::fs::write(dir.path().join("features.sql"), features).unwrap();
-    let (mut p, stats) = processor_with_sql(dir.path().to_path_buf(), None).await;
+    let archive = tempfile::tempdir().unwrap();
+    let (mut p, stats) =
+        processor_with_sql(dir.path().to_path_buf(), Some(archive.path().to_path_buf())).await;
 
     let mut payloads: Vec<Vec<u8>> = inputs()
         .into_iter()
@@ -282,6 +284,12 @@ async fn a_record_the_sql_cannot_handle_is_dead_lettered_and_its_neighbours_go_o
     let out = p.process(&messages(&payloads)).await.unwrap();
     let (processed, dead) = split(&out);
     assert_eq!(processed.len(), 49);
+    // Retried record by record, every processed row is archived once.
+    let archived: usize = walk(&archive.path().join("processed"))
+        .iter()
+        .map(|f| parquet_rows(f))
+        .sum();
+    assert_eq!(archived, 49);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "sql_error");
     assert_eq!(dead[0].source_offset, Some(17));

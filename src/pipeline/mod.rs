@@ -411,7 +411,7 @@ impl Processor {
         let now = self.clock.now();
         let ranges = offset_ranges(raw.iter());
         self.restore(&ranges, progress).await?;
-        let mut out = match self.process_batch(raw, &ranges, now).await {
+        let mut out = match self.process_batch(raw, now).await {
             Err(Error::Sql { .. }) if raw.len() > 1 => {
                 tracing::warn!(
                     records = raw.len(),
@@ -419,7 +419,7 @@ impl Processor {
                 );
                 let mut out = Vec::with_capacity(raw.len());
                 for one in raw.chunks(1) {
-                    match self.process_batch(one, &ranges, now).await {
+                    match self.process_batch(one, now).await {
                         Err(Error::Sql { path, message }) => {
                             out.push(self.sql_error(&one[0], &path, &message, now));
                         }
@@ -575,13 +575,14 @@ impl Processor {
         OutRecord::new(&self.config.topics.dead_letter, m.key.clone(), dl.to_json())
     }
 
-    /// `ranges`: the whole micro-batch's offset range per partition (archive file names).
+    /// Archive files are named by the offsets of `messages` (one record at a time when
+    /// the SQL failed on the whole batch), so no call overwrites another's file.
     async fn process_batch(
         &mut self,
         messages: &[Message],
-        ranges: &Ranges,
         now: DateTime<Utc>,
     ) -> Result<Vec<OutRecord>> {
+        let ranges = offset_ranges(messages.iter());
         let mut out = Vec::with_capacity(messages.len());
         let dead = |i: usize, reason: &str, message: String, out: &mut Vec<OutRecord>| {
             out.push(self.dead_letter(&messages[i], reason, message, now));
@@ -647,7 +648,7 @@ impl Processor {
         }
         if let Some(archive) = &self.archive {
             let files =
-                archive_by_partition(&archive.processed, &processed, &row_partitions, ranges)?;
+                archive_by_partition(&archive.processed, &processed, &row_partitions, &ranges)?;
             self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
         }
         self.stats
@@ -662,14 +663,12 @@ impl Processor {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
 
         // Windows the watermarks closed, and the state's changelog.
-        let touched: Vec<i32> = offset_ranges(messages.iter()).into_keys().collect();
         let spec = self.config.window;
-        for p in touched {
+        for (&p, &range) in &ranges {
             let st = self.partitions.get_mut(&p).expect("restored");
             let closed = st.close(&spec, false);
             st.expire(&spec);
             let wm = st.watermark(&spec);
-            let range = ranges.get(&p).copied().unwrap_or((0, 0));
             if let Some(progress) = self.emit_closed(p, wm, &closed, range, &mut out)? {
                 self.progress.push(progress);
             }

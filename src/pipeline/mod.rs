@@ -711,7 +711,7 @@ impl Processor {
         messages: &[Message],
         rows: &[Vec<u8>],
         out: &mut Vec<OutRecord>,
-    ) -> Result<usize> {
+    ) -> Result<()> {
         let spec = self.config.window;
         let ts = processed
             .column_by_name("timestamp")
@@ -776,7 +776,7 @@ impl Processor {
                 .expect("restored")
                 .add(bp.window_start, &bp.icao24, &bp.stats)?;
         }
-        Ok(records.num_rows())
+        Ok(())
     }
 
     /// Publishes a partition's closed per-aircraft windows (topic + archive) and returns
@@ -791,22 +791,14 @@ impl Processor {
     ) -> Result<Option<Vec<u8>>> {
         let spec = &self.config.window;
         if !closed.is_empty() {
-            let batch = window::aircraft_batch(spec, closed)?;
-            for (row, w) in encode::to_json_rows(&batch)?.into_iter().zip(closed) {
-                out.push(OutRecord::new(
-                    &self.config.topics.aircraft_aggregates,
-                    Some(rfc3339(w.window_start).into_bytes()),
-                    row,
-                ));
-            }
-            if let Some(a) = &self.archive {
-                let files = a
-                    .aircraft_windows
-                    .write(&batch, partition, range.0, range.1)?;
-                self.stats
-                    .archive_files
-                    .fetch_add(files.len() as u64, Ordering::Relaxed);
-            }
+            self.publish_windows(
+                &window::aircraft_batch(spec, closed)?,
+                closed.iter().map(|w| w.window_start),
+                &self.config.topics.aircraft_aggregates,
+                self.archive.as_ref().map(|a| &a.aircraft_windows),
+                (partition, range),
+                out,
+            )?;
             self.stats
                 .aircraft_windows
                 .fetch_add(closed.len() as u64, Ordering::Relaxed);
@@ -821,6 +813,34 @@ impl Processor {
             windows: window::partition_partials(closed)?,
         };
         Ok(Some(window::to_json(&progress)?))
+    }
+
+    /// Publishes closed windows: one record per row (key: window start) and, with an
+    /// archive, the rows as Parquet named by `source` (partition, offset range).
+    fn publish_windows(
+        &self,
+        batch: &RecordBatch,
+        starts: impl Iterator<Item = i64>,
+        topic: &str,
+        archive: Option<&ArchiveWriter>,
+        source: (i32, (i64, i64)),
+        out: &mut Vec<OutRecord>,
+    ) -> Result<()> {
+        for (row, start) in encode::to_json_rows(batch)?.into_iter().zip(starts) {
+            out.push(OutRecord::new(
+                topic,
+                Some(rfc3339(start).into_bytes()),
+                row,
+            ));
+        }
+        if let Some(archive) = archive {
+            let (partition, (first, last)) = source;
+            let files = archive.write(batch, partition, first, last)?;
+            self.stats
+                .archive_files
+                .fetch_add(files.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Feeds progress to the merger and publishes the global windows it closes.
@@ -854,20 +874,14 @@ impl Processor {
         let closed = merger.close(now, all);
         out.extend(merger.changelog(&self.config.topics.changelog, partition)?);
         if !closed.is_empty() {
-            let batch = window::global_batch(&spec, &closed)?;
-            for (row, w) in encode::to_json_rows(&batch)?.into_iter().zip(&closed) {
-                out.push(OutRecord::new(
-                    &self.config.topics.aggregated,
-                    Some(rfc3339(w.window_start).into_bytes()),
-                    row,
-                ));
-            }
-            if let Some(a) = &self.archive {
-                let files = a.windows.write(&batch, partition, range.0, range.1)?;
-                self.stats
-                    .archive_files
-                    .fetch_add(files.len() as u64, Ordering::Relaxed);
-            }
+            self.publish_windows(
+                &window::global_batch(&spec, &closed)?,
+                closed.iter().map(|w| w.window_start),
+                &self.config.topics.aggregated,
+                self.archive.as_ref().map(|a| &a.windows),
+                (partition, range),
+                &mut out,
+            )?;
             self.stats
                 .windows
                 .fetch_add(closed.len() as u64, Ordering::Relaxed);

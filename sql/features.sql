@@ -148,11 +148,11 @@ featured AS (
         position_jump_km,
         implied_speed_knots,
         altitude_ft - p_altitude_ft                              AS altitude_change_ft,
-        -- The smaller mismatch of the two comparisons (see `linked`).
-        CASE WHEN q_speed_mismatch IS NULL OR abs(p_speed_mismatch) <= abs(q_speed_mismatch)
-             THEN p_speed_mismatch ELSE q_speed_mismatch END     AS speed_mismatch_knots,
-        CASE WHEN q_climb_mismatch IS NULL OR abs(p_climb_mismatch) <= abs(q_climb_mismatch)
-             THEN p_climb_mismatch ELSE q_climb_mismatch END     AS climb_mismatch_fpm,
+        -- The size of the smaller mismatch of the two comparisons (see `linked`). Sizes,
+        -- not signed values: normal reports then sit at the low end of the range and an
+        -- Isolation Forest split anywhere above them isolates a jump, either way.
+        least(abs(p_speed_mismatch), abs(q_speed_mismatch))     AS speed_mismatch_knots,
+        least(abs(p_climb_mismatch), abs(q_climb_mismatch))     AS climb_mismatch_fpm,
         CASE WHEN squawk IN ('7500', '7600', '7700') THEN 1.0 ELSE 0.0 END AS emergency_squawk,
         _seq
     FROM rates

@@ -39,6 +39,8 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Train the anomaly model from raw JSON lines or processed Parquet.
     Train(TrainArgs),
+    /// The query service: gRPC over the output topics (live) and the Parquet archive.
+    Serve(ServeArgs),
     /// Manage Contrail's Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -275,6 +277,64 @@ pub struct DemoArgs {
     /// Seconds between two status lines.
     #[arg(long, env = "CONTRAIL_STATUS_INTERVAL", default_value_t = 5.0, value_parser = positive_seconds)]
     pub status_interval: f64,
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
+}
+
+/// The gRPC query service's settings (`serve` and `demo`).
+#[derive(Debug, Clone, Args)]
+pub struct GrpcArgs {
+    /// Address of the gRPC service.
+    #[arg(long, env = "CONTRAIL_GRPC_BIND", default_value = "127.0.0.1:50051")]
+    pub grpc_bind: std::net::SocketAddr,
+    /// Require `authorization: Bearer <token>` on every query RPC (health and reflection
+    /// stay open for probes).
+    #[arg(long, env = "CONTRAIL_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Aircraft held in the live store (the least recently seen go first).
+    #[arg(long, env = "CONTRAIL_MAX_AIRCRAFT", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_aircraft: u64,
+    /// States kept per aircraft (its recent track).
+    #[arg(long, env = "CONTRAIL_TRACK_POINTS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub track_points: u64,
+    /// Anomalies held in the live store.
+    #[arg(long, env = "CONTRAIL_MAX_ANOMALIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_anomalies: u64,
+    /// Global windows held in the live store (4,320 = 30 days of 10-minute windows).
+    #[arg(long, env = "CONTRAIL_MAX_WINDOWS", default_value_t = 4_320, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_windows: u64,
+    /// Per-aircraft windows held in the live store.
+    #[arg(long, env = "CONTRAIL_MAX_AIRCRAFT_WINDOWS", default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_aircraft_windows: u64,
+    /// Rows one `Query` may return.
+    #[arg(long, env = "CONTRAIL_QUERY_MAX_ROWS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub query_max_rows: u64,
+    /// Longest a `Query` may run (e.g. 30s).
+    #[arg(long, env = "CONTRAIL_QUERY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub query_timeout: Duration,
+    /// Memory all running queries may use together, in MiB (beyond it a query fails with
+    /// RESOURCE_EXHAUSTED).
+    #[arg(long, env = "CONTRAIL_QUERY_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(16..))]
+    pub query_memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
+    /// Root of the Parquet archive `Query` reads history from.
+    #[arg(long, env = "CONTRAIL_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// How far back the live store starts reading `flight-processed-data` (by record time).
+    #[arg(long, env = "CONTRAIL_LIVE_HISTORY", default_value = "30m", value_parser = duration)]
+    pub live_history: Duration,
+    /// How far back it starts reading the window topics.
+    #[arg(long, env = "CONTRAIL_WINDOW_HISTORY", default_value = "30d", value_parser = duration)]
+    pub window_history: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

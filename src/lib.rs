@@ -18,5 +18,6 @@ pub mod error;
 pub mod ingest;
 pub mod model;
 pub mod pipeline;
+pub mod query;
 pub mod schema;
 pub mod udf;

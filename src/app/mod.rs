@@ -21,13 +21,16 @@ use crate::bus::{BatchConsumer, Publisher};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::SimulatorArgs;
 use crate::config::{
-    Cli, Command, DemoArgs, IngestArgs, PipelineArgs, ProcessArgs, SourceArgs, SourceKind,
-    TopicArgs, TopicsCommand, TopicsCreateArgs,
+    Cli, Command, DemoArgs, GrpcArgs, IngestArgs, PipelineArgs, ProcessArgs, ServeArgs, SourceArgs,
+    SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs,
 };
 use crate::dead_letter::DeadLetter;
 use crate::ingest::simulator::SimulatorConfig;
 use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, Speed, run_ingest};
 use crate::pipeline::{OutputTopics, ProcessConfig, ProcessStats, Processor, run_process};
+use crate::query::feed::{FeedTopic, feed_from_bus, spawn_kafka_feed};
+use crate::query::store::{Feed, LiveStore, StoreLimits};
+use crate::query::{GrpcServer, QueryLimits, QueryService};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -37,6 +40,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => offline::simulate(args).await,
         Command::Features(args) => offline::features(args).await,
         Command::Train(args) => offline::train(args).await,
+        Command::Serve(args) => serve(args).await,
         Command::Topics {
             action: TopicsCommand::Create(args),
         } => topics_create(args).await,
@@ -125,6 +129,26 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let bus = MemoryBus::with_offset_base(100_000, clock.now_micros());
     let mut raw = bus.subscribe(&topics.topic_raw);
     let dead_letters = bus.subscribe(&topics.topic_dead_letter);
+    // The live store reads the output topics from the start: nothing to warm up.
+    let store = Arc::new(LiveStore::new(store_limits(&args.grpc)));
+    store.set_ready();
+    let feeds: Vec<_> = [
+        (&topics.topic_processed, Feed::Processed),
+        (&topics.topic_aggregated, Feed::Windows),
+        (&topics.topic_aircraft_aggregates, Feed::AircraftWindows),
+    ]
+    .into_iter()
+    .map(|(topic, feed)| {
+        tokio::spawn(feed_from_bus(
+            Arc::clone(&store),
+            feed,
+            bus.subscribe(topic),
+        ))
+    })
+    .collect();
+    let stop_grpc = CancellationToken::new();
+    let archive = (!args.pipeline.no_archive).then(|| args.pipeline.data_dir.clone());
+    let grpc = start_grpc(&args.grpc, Arc::clone(&store), archive, stop_grpc.clone()).await?;
 
     let process_stats = Arc::new(ProcessStats::default());
     let mut processor = Processor::new(
@@ -194,6 +218,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     drop(processor);
     bus.close(&topics.topic_dead_letter);
     sink_task.await.context("dead-letter sink")??;
+    for topic in [
+        &topics.topic_processed,
+        &topics.topic_aggregated,
+        &topics.topic_aircraft_aggregates,
+    ] {
+        bus.close(topic);
+    }
+    for feed in feeds {
+        feed.await.context("live store feed")??;
+    }
+    stop_grpc.cancel();
+    grpc.join().await?;
     let rate =
         process_stats.processed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     println!("done: {}", status_line(&ingest_stats, &process_stats, rate));
@@ -202,6 +238,88 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         process_stats.archive_files.load(Ordering::Relaxed),
         absolute(&args.pipeline.data_dir.join("processed")).display()
     );
+    Ok(())
+}
+
+fn store_limits(g: &GrpcArgs) -> StoreLimits {
+    let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    StoreLimits {
+        max_aircraft: n(g.max_aircraft),
+        track_points: n(g.track_points),
+        max_anomalies: n(g.max_anomalies),
+        max_windows: n(g.max_windows),
+        max_aircraft_windows: n(g.max_aircraft_windows),
+    }
+}
+
+async fn start_grpc(
+    g: &GrpcArgs,
+    store: Arc<LiveStore>,
+    archive: Option<std::path::PathBuf>,
+    stop: CancellationToken,
+) -> anyhow::Result<GrpcServer> {
+    let limits = QueryLimits {
+        max_rows: g.query_max_rows,
+        timeout: g.query_timeout,
+        memory_bytes: usize::try_from(g.query_memory_mb.saturating_mul(1 << 20))
+            .unwrap_or(usize::MAX),
+    };
+    let service = QueryService::new(store, archive, limits)?;
+    let server = GrpcServer::start(g.grpc_bind, service, g.auth_token.clone(), stop).await?;
+    println!(
+        "grpc: {} (contrail.v1.Contrail, health, reflection{})",
+        server.local_addr,
+        if g.auth_token.is_some() {
+            ", bearer token required"
+        } else {
+            ""
+        }
+    );
+    Ok(server)
+}
+
+/// `contrail serve`: the output topics (read_committed) -> live store; gRPC over it and
+/// the Parquet archive.
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store = Arc::new(LiveStore::new(store_limits(&args.grpc)));
+    let stop = CancellationToken::new();
+    let topics = vec![
+        FeedTopic {
+            topic: args.topics.topic_processed.clone(),
+            feed: Feed::Processed,
+            history: args.live_history,
+        },
+        FeedTopic {
+            topic: args.topics.topic_aggregated.clone(),
+            feed: Feed::Windows,
+            history: args.window_history,
+        },
+        FeedTopic {
+            topic: args.topics.topic_aircraft_aggregates.clone(),
+            feed: Feed::AircraftWindows,
+            history: args.window_history,
+        },
+    ];
+    let feeds = spawn_kafka_feed(
+        Arc::clone(&store),
+        args.kafka.bootstrap(),
+        topics,
+        stop.clone(),
+    );
+    let grpc = start_grpc(
+        &args.grpc,
+        Arc::clone(&store),
+        Some(args.data_dir.clone()),
+        stop.clone(),
+    )
+    .await?;
+    shutdown_signal().await;
+    println!("stopping: signal received");
+    stop.cancel();
+    grpc.join().await?;
+    for f in feeds {
+        let _ = tokio::task::spawn_blocking(move || f.join()).await;
+    }
     Ok(())
 }
 

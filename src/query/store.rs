@@ -1,0 +1,539 @@
+//! The live store: what `serve` knows of the present, fed by the output topics
+//! (`flight-processed-data`, `flight-aggregated-data`, `flight-aircraft-aggregates`).
+//!
+//! Bounded everywhere: at most `max_aircraft` aircraft (the least recently seen go first),
+//! `track_points` states per aircraft, `max_anomalies` anomalies, `max_windows` global windows
+//! and `max_aircraft_windows` per-aircraft windows (the oldest windows go first). New
+//! anomalies and windows are also broadcast to `Watch*` subscribers.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+
+use super::proto::{AircraftWindow, Anomaly, State, Window};
+
+/// Bounds of the live store.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    pub max_aircraft: usize,
+    pub track_points: usize,
+    pub max_anomalies: usize,
+    pub max_windows: usize,
+    pub max_aircraft_windows: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            max_aircraft: 50_000,
+            track_points: 120,
+            max_anomalies: 10_000,
+            // 30 days of 10-minute windows.
+            max_windows: 4_320,
+            max_aircraft_windows: 500_000,
+        }
+    }
+}
+
+/// Which output topic a payload came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    Processed,
+    Windows,
+    AircraftWindows,
+}
+
+#[derive(Default)]
+struct Inner {
+    aircraft: HashMap<String, VecDeque<State>>,
+    anomalies: VecDeque<State>,
+    windows: BTreeMap<i64, Window>,
+    aircraft_windows: BTreeMap<(i64, String), AircraftWindow>,
+}
+
+pub struct LiveStore {
+    limits: StoreLimits,
+    inner: RwLock<Inner>,
+    ready: AtomicBool,
+    /// Payloads that did not parse (counted, logged once in a while, skipped).
+    pub rejected: AtomicU64,
+    pub records: AtomicU64,
+    anomalies_tx: broadcast::Sender<State>,
+    windows_tx: broadcast::Sender<Window>,
+}
+
+/// Microseconds since the epoch <-> protobuf timestamps.
+pub fn timestamp(micros: i64) -> Timestamp {
+    Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+pub fn micros(t: &Timestamp) -> Option<i64> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    t.seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(t.nanos / 1_000))
+}
+
+fn ts(d: &DateTime<Utc>) -> Timestamp {
+    timestamp(d.timestamp_micros())
+}
+
+#[derive(Deserialize)]
+struct ProcessedJson {
+    timestamp: DateTime<Utc>,
+    icao24: String,
+    callsign: Option<String>,
+    origin_country: String,
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+    velocity_knots: Option<f64>,
+    altitude_ft: Option<f64>,
+    vertical_rate_fpm: Option<f64>,
+    heading: Option<f64>,
+    on_ground: bool,
+    squawk: Option<String>,
+    flight_phase: String,
+    anomaly_score: Option<f64>,
+    is_anomaly: Option<bool>,
+    speed_mismatch_knots: Option<f64>,
+    climb_mismatch_fpm: Option<f64>,
+    position_jump_km: Option<f64>,
+    seconds_since_previous: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct WindowJson {
+    window_start: DateTime<Utc>,
+    window_end: DateTime<Utc>,
+    #[serde(default)]
+    icao24: Option<String>,
+    event_count: i64,
+    anomaly_count: i64,
+    avg_velocity: Option<f64>,
+    min_velocity: Option<f64>,
+    max_velocity: Option<f64>,
+    avg_altitude: Option<f64>,
+    min_altitude: Option<f64>,
+    max_altitude: Option<f64>,
+    #[serde(default)]
+    unique_aircraft: Option<i64>,
+    avg_anomaly_score: Option<f64>,
+}
+
+impl LiveStore {
+    pub fn new(limits: StoreLimits) -> Self {
+        Self {
+            limits,
+            inner: RwLock::default(),
+            ready: AtomicBool::new(false),
+            rejected: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            anomalies_tx: broadcast::channel(1024).0,
+            windows_tx: broadcast::channel(256).0,
+        }
+    }
+
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
+    /// The store has read what the topics held when it started.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn subscribe_anomalies(&self) -> broadcast::Receiver<State> {
+        self.anomalies_tx.subscribe()
+    }
+
+    pub fn subscribe_windows(&self) -> broadcast::Receiver<Window> {
+        self.windows_tx.subscribe()
+    }
+
+    /// Adds one output-topic payload. A payload that is not the topic's contract is an
+    /// error (the caller counts it); nothing else changes then.
+    pub fn add(&self, feed: Feed, payload: &[u8]) -> Result<(), String> {
+        let result = match feed {
+            Feed::Processed => self.add_state(payload),
+            Feed::Windows | Feed::AircraftWindows => self.add_window(feed, payload),
+        };
+        match &result {
+            Ok(()) => self.records.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.rejected.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    fn add_state(&self, payload: &[u8]) -> Result<(), String> {
+        let r: ProcessedJson = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        let state = State {
+            timestamp: Some(ts(&r.timestamp)),
+            icao24: r.icao24,
+            callsign: r.callsign.map(|c| c.trim().to_string()),
+            origin_country: r.origin_country,
+            latitude: r.latitude,
+            longitude: r.longitude,
+            velocity_knots: r.velocity_knots,
+            altitude_ft: r.altitude_ft,
+            vertical_rate_fpm: r.vertical_rate_fpm,
+            heading: r.heading,
+            on_ground: r.on_ground,
+            squawk: r.squawk,
+            flight_phase: r.flight_phase,
+            anomaly_score: r.anomaly_score,
+            is_anomaly: r.is_anomaly.unwrap_or(false),
+            speed_mismatch_knots: r.speed_mismatch_knots,
+            climb_mismatch_fpm: r.climb_mismatch_fpm,
+            position_jump_km: r.position_jump_km,
+            seconds_since_previous: r.seconds_since_previous,
+        };
+        let mut inner = self.inner.write().expect("store lock");
+        if state.is_anomaly {
+            if inner.anomalies.len() >= self.limits.max_anomalies {
+                inner.anomalies.pop_front();
+            }
+            inner.anomalies.push_back(state.clone());
+            // No subscriber is not an error.
+            let _ = self.anomalies_tx.send(state.clone());
+        }
+        let track = inner.aircraft.entry(state.icao24.clone()).or_default();
+        if track.len() >= self.limits.track_points.max(1) {
+            track.pop_front();
+        }
+        track.push_back(state);
+        if inner.aircraft.len() > self.limits.max_aircraft + self.limits.max_aircraft / 10 {
+            evict_least_recent(&mut inner.aircraft, self.limits.max_aircraft);
+        }
+        Ok(())
+    }
+
+    fn add_window(&self, feed: Feed, payload: &[u8]) -> Result<(), String> {
+        let w: WindowJson = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+        let start = w.window_start.timestamp_micros();
+        let mut inner = self.inner.write().expect("store lock");
+        if feed == Feed::Windows {
+            let window = Window {
+                window_start: Some(ts(&w.window_start)),
+                window_end: Some(ts(&w.window_end)),
+                event_count: w.event_count,
+                anomaly_count: w.anomaly_count,
+                avg_velocity: w.avg_velocity,
+                min_velocity: w.min_velocity,
+                max_velocity: w.max_velocity,
+                avg_altitude: w.avg_altitude,
+                min_altitude: w.min_altitude,
+                max_altitude: w.max_altitude,
+                unique_aircraft: w
+                    .unique_aircraft
+                    .ok_or("a window row without unique_aircraft")?,
+                avg_anomaly_score: w.avg_anomaly_score,
+            };
+            inner.windows.insert(start, window);
+            while inner.windows.len() > self.limits.max_windows {
+                inner.windows.pop_first();
+            }
+            let _ = self.windows_tx.send(window);
+        } else {
+            let icao24 = w.icao24.ok_or("an aircraft window row without icao24")?;
+            let window = AircraftWindow {
+                window_start: Some(ts(&w.window_start)),
+                window_end: Some(ts(&w.window_end)),
+                icao24: icao24.clone(),
+                event_count: w.event_count,
+                anomaly_count: w.anomaly_count,
+                avg_velocity: w.avg_velocity,
+                min_velocity: w.min_velocity,
+                max_velocity: w.max_velocity,
+                avg_altitude: w.avg_altitude,
+                min_altitude: w.min_altitude,
+                max_altitude: w.max_altitude,
+                avg_anomaly_score: w.avg_anomaly_score,
+            };
+            inner.aircraft_windows.insert((start, icao24), window);
+            while inner.aircraft_windows.len() > self.limits.max_aircraft_windows {
+                inner.aircraft_windows.pop_first();
+            }
+        }
+        Ok(())
+    }
+
+    /// Global windows with start in [from, to), oldest first, at most `limit`.
+    pub fn windows(&self, from: i64, to: i64, limit: usize) -> Vec<Window> {
+        let inner = self.inner.read().expect("store lock");
+        if from >= to {
+            return Vec::new();
+        }
+        inner
+            .windows
+            .range(from..to)
+            .take(limit)
+            .map(|(_, w)| *w)
+            .collect()
+    }
+
+    /// Start of the oldest global window held, if any.
+    pub fn oldest_window(&self) -> Option<i64> {
+        self.inner
+            .read()
+            .expect("store lock")
+            .windows
+            .first_key_value()
+            .map(|(k, _)| *k)
+    }
+
+    /// Per-aircraft windows with start in [from, to) after `after` (exclusive, for paging),
+    /// oldest first, for one aircraft or all.
+    pub fn aircraft_windows(
+        &self,
+        icao24: Option<&str>,
+        from: i64,
+        to: i64,
+        after: Option<&(i64, String)>,
+        limit: usize,
+    ) -> Vec<AircraftWindow> {
+        let inner = self.inner.read().expect("store lock");
+        if from >= to {
+            return Vec::new();
+        }
+        let lower = match after {
+            Some(a) if a.0 >= from => std::ops::Bound::Excluded(a.clone()),
+            _ => std::ops::Bound::Included((from, String::new())),
+        };
+        inner
+            .aircraft_windows
+            .range((lower, std::ops::Bound::Excluded((to, String::new()))))
+            .filter(|((_, i), _)| icao24.is_none_or(|q| q == i))
+            .take(limit)
+            .map(|(_, w)| w.clone())
+            .collect()
+    }
+
+    /// Anomalies newest first.
+    pub fn anomalies(&self, keep: impl Fn(&State) -> bool, limit: usize) -> Vec<Anomaly> {
+        let inner = self.inner.read().expect("store lock");
+        inner
+            .anomalies
+            .iter()
+            .rev()
+            .filter(|s| keep(s))
+            .take(limit)
+            .map(|s| Anomaly {
+                state: Some(s.clone()),
+            })
+            .collect()
+    }
+
+    /// The aircraft's recent track, oldest first.
+    pub fn track(&self, icao24: &str) -> Option<Vec<State>> {
+        let inner = self.inner.read().expect("store lock");
+        inner
+            .aircraft
+            .get(icao24)
+            .map(|t| t.iter().cloned().collect())
+    }
+
+    /// Every state held (for `Query` when there is no archive).
+    pub fn all_states(&self) -> Vec<State> {
+        let inner = self.inner.read().expect("store lock");
+        inner.aircraft.values().flatten().cloned().collect()
+    }
+
+    pub fn all_windows(&self) -> Vec<Window> {
+        let inner = self.inner.read().expect("store lock");
+        inner.windows.values().cloned().collect()
+    }
+
+    pub fn all_aircraft_windows(&self) -> Vec<AircraftWindow> {
+        let inner = self.inner.read().expect("store lock");
+        inner.aircraft_windows.values().cloned().collect()
+    }
+
+    pub fn aircraft_count(&self) -> usize {
+        self.inner.read().expect("store lock").aircraft.len()
+    }
+}
+
+fn latest_micros(track: &VecDeque<State>) -> i64 {
+    track
+        .back()
+        .and_then(|s| s.timestamp.as_ref())
+        .and_then(micros)
+        .unwrap_or(i64::MIN)
+}
+
+/// Keeps the `keep` most recently seen aircraft.
+fn evict_least_recent(aircraft: &mut HashMap<String, VecDeque<State>>, keep: usize) {
+    let mut seen: Vec<i64> = aircraft.values().map(latest_micros).collect();
+    let cut = seen.len() - keep;
+    let (_, nth, _) = seen.select_nth_unstable(cut);
+    let cutoff = *nth;
+    let mut over = aircraft.len() - keep;
+    aircraft.retain(|_, t| {
+        if over > 0 && latest_micros(t) < cutoff {
+            over -= 1;
+            false
+        } else {
+            true
+        }
+    });
+    // Ties at the cutoff: drop arbitrary ones until the bound holds.
+    while aircraft.len() > keep {
+        let Some(k) = aircraft
+            .iter()
+            .find(|(_, t)| latest_micros(t) <= cutoff)
+            .map(|(k, _)| k.clone())
+        else {
+            break;
+        };
+        aircraft.remove(&k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(icao: &str, t: &str, anomaly: bool) -> Vec<u8> {
+        format!(
+            r#"{{"timestamp":"{t}","icao24":"{icao}","callsign":"ABC123  ","origin_country":"Germany","latitude":50.0,"longitude":8.0,"velocity_knots":400.0,"altitude_ft":35000.0,"vertical_rate_fpm":0.0,"heading":90.0,"on_ground":false,"squawk":null,"flight_phase":"cruise","anomaly_score":{},"is_anomaly":{anomaly},"speed_mismatch_knots":1.0,"climb_mismatch_fpm":2.0,"position_jump_km":3.0,"seconds_since_previous":5.0,"extra":1}}"#,
+            if anomaly { 0.9 } else { 0.3 }
+        )
+        .into_bytes()
+    }
+
+    fn window(start: &str, end: &str, events: i64) -> Vec<u8> {
+        format!(
+            r#"{{"window_start":"{start}","window_end":"{end}","event_count":{events},"anomaly_count":1,"avg_velocity":200.0,"min_velocity":null,"max_velocity":null,"avg_altitude":null,"min_altitude":null,"max_altitude":null,"unique_aircraft":3,"avg_anomaly_score":0.4}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn tracks_are_bounded_and_least_recent_aircraft_evicted() {
+        let store = LiveStore::new(StoreLimits {
+            max_aircraft: 10,
+            track_points: 3,
+            ..StoreLimits::default()
+        });
+        for i in 0..5 {
+            store
+                .add(
+                    Feed::Processed,
+                    &state("aaaaaa", &format!("2026-11-25T10:00:0{i}Z"), false),
+                )
+                .unwrap();
+        }
+        let track = store.track("aaaaaa").unwrap();
+        assert_eq!(track.len(), 3);
+        assert_eq!(track[0].timestamp, Some(timestamp(1_795_600_802_000_000)));
+        assert_eq!(track[2].callsign.as_deref(), Some("ABC123"));
+        for i in 0..20 {
+            store
+                .add(
+                    Feed::Processed,
+                    &state(
+                        &format!("b{i:05}"),
+                        &format!("2026-11-25T11:00:{i:02}Z"),
+                        i == 7,
+                    ),
+                )
+                .unwrap();
+        }
+        assert!(store.aircraft_count() <= 11, "{}", store.aircraft_count());
+        assert!(
+            store.track("aaaaaa").is_none(),
+            "the least recently seen goes first"
+        );
+        assert!(store.track("b00019").is_some());
+        let anomalies = store.anomalies(|_| true, 10);
+        assert_eq!(anomalies.len(), 1);
+        assert_eq!(anomalies[0].state.as_ref().unwrap().icao24, "b00007");
+    }
+
+    #[test]
+    fn bad_payloads_are_rejected_and_counted() {
+        let store = LiveStore::new(StoreLimits::default());
+        assert!(store.add(Feed::Processed, b"{not json").is_err());
+        assert!(
+            store
+                .add(Feed::Windows, br#"{"window_start":"x"}"#)
+                .is_err()
+        );
+        assert!(
+            store
+                .add(
+                    Feed::AircraftWindows,
+                    &window("2026-11-25T10:00:00Z", "2026-11-25T10:10:00Z", 1)
+                )
+                .is_err()
+        );
+        assert_eq!(store.rejected.load(Ordering::Relaxed), 3);
+        assert_eq!(store.records.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn windows_by_range_oldest_first_and_bounded() {
+        let store = LiveStore::new(StoreLimits {
+            max_windows: 3,
+            ..StoreLimits::default()
+        });
+        let mut rx = store.subscribe_windows();
+        for m in 0..5 {
+            store
+                .add(
+                    Feed::Windows,
+                    &window(
+                        &format!("2026-11-25T10:{m}0:00Z"),
+                        &format!("2026-11-25T10:{}0:00Z", m + 1),
+                        m,
+                    ),
+                )
+                .unwrap();
+        }
+        assert_eq!(rx.try_recv().unwrap().event_count, 0);
+        let all = store.windows(i64::MIN, i64::MAX, 100);
+        assert_eq!(
+            all.iter().map(|w| w.event_count).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
+        let t = |m: i64| 1_795_600_800_000_000 + m * 60_000_000;
+        assert_eq!(store.windows(t(30), t(40), 100).len(), 1);
+        assert_eq!(store.windows(t(20), t(50), 2).len(), 2);
+        assert_eq!(store.oldest_window(), Some(t(20)));
+    }
+
+    #[test]
+    fn timestamps_round_trip_and_bad_nanos_are_refused() {
+        for m in [0, 1, -1, 1_795_600_800_123_456, -1_795_600_800_123_456] {
+            assert_eq!(micros(&timestamp(m)), Some(m));
+        }
+        assert_eq!(
+            micros(&Timestamp {
+                seconds: 1,
+                nanos: -1
+            }),
+            None
+        );
+        assert_eq!(
+            micros(&Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            }),
+            None
+        );
+    }
+}

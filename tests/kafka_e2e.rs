@@ -1,7 +1,7 @@
 //! End to end through a real Apache Kafka broker, with the `contrail` binary:
 //! topics create -> ingest (50k simulator records) -> process -> read `flight-processed-data`
-//! and `flight-dead-letter` as a `read_committed` consumer, and open the archive with
-//! DuckDB and pyarrow.
+//! and `flight-dead-letter` as a `read_committed` consumer, open the archive with DuckDB and
+//! pyarrow, then run `contrail serve` over it and check it with a Python grpcio client.
 //!
 //! Needs a broker (`KAFKA_BOOTSTRAP`, default 127.0.0.1:9092) and `CONTRAIL_PYTHON` (a Python
 //! with duckdb and pyarrow); `scripts/test` provides both and runs the ignored tests.
@@ -149,6 +149,11 @@ fn simulator_through_kafka_exactly_once_with_archive() {
                 "5000".into(),
                 "--batch-max-wait-ms".into(),
                 "300".into(),
+                // Short windows, so some close within the run's 14 minutes of event time.
+                "--window-length".into(),
+                "1m".into(),
+                "--watermark-delay".into(),
+                "1m".into(),
                 "--stop-after".into(),
                 valid.len().to_string(),
                 "--sql-dir".into(),
@@ -210,4 +215,43 @@ fn simulator_through_kafka_exactly_once_with_archive() {
         .status()
         .expect("running the Python archive check");
     assert!(status.success(), "the Python archive check failed");
+
+    // The query service over those topics and that archive, called by a grpcio client.
+    let windows: Vec<serde_json::Value> = read_all(&t("agg"))
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect();
+    assert!(windows.len() >= 5, "closed windows: {}", windows.len());
+    let expected = data.path().join("expected-windows.json");
+    std::fs::write(&expected, serde_json::to_vec(&windows).unwrap()).unwrap();
+    let mut serve = common::spawn(
+        &with(
+            &["serve"],
+            &[
+                "--grpc-bind".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                data.path().display().to_string(),
+            ],
+        ),
+        std::process::Stdio::inherit(),
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(serve.stdout.take().unwrap()));
+    let address = lines
+        .find_map(|l| {
+            l.unwrap()
+                .strip_prefix("grpc: ")
+                .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+        })
+        .expect("serve prints its gRPC address");
+    let status = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/grpc_client.py"))
+        .arg(&address)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("proto"))
+        .arg(&expected)
+        .arg(valid.len().to_string())
+        .status()
+        .expect("running the Python gRPC client");
+    common::terminate(&mut serve, Duration::from_secs(30));
+    assert!(status.success(), "the Python gRPC client check failed");
 }

@@ -1,8 +1,8 @@
 //! `Query`: read-only SQL over `processed`, `windows` and `aircraft_windows`.
 //!
-//! A table is the Parquet archive's dataset (`<data-dir>/<table>/date=../hour=../*.parquet`,
-//! with `date` and `hour` as partition columns; files are listed at every query, so new
-//! ones show up) when it has files, else the live store's rows. DDL, DML and other
+//! A table is the Parquet archive's dataset (`<data-dir>/<table>/date=../hour=../*.parquet`;
+//! files are listed at every query, so new ones show up) when it has files, else the live
+//! store's rows. DDL, DML and other
 //! statements are refused at planning. All queries share one memory pool; a query that
 //! needs more fails with ResourcesExhausted.
 
@@ -81,12 +81,10 @@ impl QueryEngine {
         }
         let url = ListingTableUrl::parse(format!("{}/", std::path::absolute(&dir).ok()?.display()))
             .ok()?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![
-                ("date".into(), DataType::Utf8),
-                ("hour".into(), DataType::Utf8),
-            ]);
+        // Files are listed recursively under the dataset; the `date=`/`hour=` folders are
+        // not turned into columns (`processed` has an `hour` column of its own).
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         // No file yet: inference fails or finds nothing; the live store serves meanwhile.
         let schema = options.infer_schema(&ctx.state(), &url).await.ok()?;
         if schema.fields().is_empty() {

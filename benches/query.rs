@@ -46,7 +46,8 @@ fn build_archive(seed: &std::path::Path, dir: &std::path::Path, rows: usize) -> 
         return rows;
     }
     let _ = std::fs::remove_dir_all(dir);
-    let file = std::fs::File::open(seed).expect("CONTRAIL_BENCH_SEED: a `contrail features` Parquet file");
+    let file =
+        std::fs::File::open(seed).expect("CONTRAIL_BENCH_SEED: a `contrail features` Parquet file");
     let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
         .unwrap()
         .with_batch_size(50_000)
@@ -57,7 +58,10 @@ fn build_archive(seed: &std::path::Path, dir: &std::path::Path, rows: usize) -> 
     let ts: Vec<i64> = batches
         .iter()
         .flat_map(|b| {
-            let c = b.column_by_name("timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
+            let c = b
+                .column_by_name("timestamp")
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>();
             c.values().to_vec()
         })
         .collect();
@@ -69,7 +73,9 @@ fn build_archive(seed: &std::path::Path, dir: &std::path::Path, rows: usize) -> 
         for b in &batches {
             let take = b.num_rows().min(rows - written);
             let part = shifted(&b.slice(0, take), copy * span);
-            writer.write(&part, 0, offset, offset + take as i64 - 1).unwrap();
+            writer
+                .write(&part, 0, offset, offset + take as i64 - 1)
+                .unwrap();
             offset += take as i64;
             written += take;
             if written >= rows {
@@ -103,10 +109,15 @@ fn main() {
     );
     let rows: usize = std::env::var("CONTRAIL_BENCH_ROWS")
         .ok()
-        .map_or(10_000_000, |v| v.parse().expect("CONTRAIL_BENCH_ROWS: a number"));
+        .map_or(10_000_000, |v| {
+            v.parse().expect("CONTRAIL_BENCH_ROWS: a number")
+        });
     let rows = build_archive(&seed, &dir, rows);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         // 24 h of 10-minute windows (144) in a store holding 30 days.
         let store = Arc::new(LiveStore::new(StoreLimits::default()));

@@ -39,6 +39,8 @@ pub enum Command {
     Features(FeaturesArgs),
     /// Train the anomaly model from raw JSON lines or processed Parquet.
     Train(TrainArgs),
+    /// Save raw OpenSky `/states/all` responses, one JSON line per poll (for `--source replay`).
+    Record(RecordArgs),
     /// The query service: gRPC over the output topics (live) and the Parquet archive.
     Serve(ServeArgs),
     /// Manage Contrail's Kafka topics.
@@ -157,6 +159,10 @@ impl Default for TopicArgs {
 pub enum SourceKind {
     /// The built-in flight simulator.
     Simulator,
+    /// The OpenSky Network REST API (`GET /states/all`), polled.
+    Opensky,
+    /// A file: a `contrail record` recording, raw JSON lines or raw Parquet (`--replay-file`).
+    Replay,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -166,6 +172,53 @@ pub struct SourceArgs {
     pub source: SourceKind,
     #[command(flatten)]
     pub simulator: SimulatorArgs,
+    #[command(flatten)]
+    pub opensky: OpenSkyArgs,
+    /// The file `--source replay` reads (its records keep their time spacing / `--speed`).
+    #[arg(long, env = "CONTRAIL_REPLAY_FILE", required_if_eq("source", "replay"))]
+    pub replay_file: Option<PathBuf>,
+}
+
+/// The OpenSky client's settings (`--source opensky`, `contrail record`).
+#[derive(Debug, Clone, Args)]
+pub struct OpenSkyArgs {
+    /// Bounding box lamin,lomin,lamax,lomax in degrees [default: the whole world].
+    #[arg(long, env = "CONTRAIL_BBOX", allow_hyphen_values = true)]
+    pub bbox: Option<crate::ingest::opensky::BoundingBox>,
+    /// OAuth2 client credentials file as downloaded from OpenSky ({"clientId", "clientSecret"});
+    /// else OPENSKY_CLIENT_ID / OPENSKY_CLIENT_SECRET; else anonymous.
+    #[arg(long, env = "CONTRAIL_OPENSKY_CREDENTIALS")]
+    pub opensky_credentials: Option<PathBuf>,
+    /// OpenSky API base URL (for proxies and tests).
+    #[arg(long, env = "CONTRAIL_OPENSKY_API_URL", default_value = crate::ingest::opensky::DEFAULT_API_URL)]
+    pub opensky_api_url: String,
+    /// OAuth2 token URL.
+    #[arg(long, env = "CONTRAIL_OPENSKY_AUTH_URL", default_value = crate::ingest::opensky::DEFAULT_AUTH_URL)]
+    pub opensky_auth_url: String,
+    /// Time between two polls; never shorter than the tier's resolution (10 s anonymous,
+    /// 5 s authenticated).
+    #[arg(long, env = "CONTRAIL_POLL_INTERVAL", default_value = "15s", value_parser = duration)]
+    pub poll_interval: Duration,
+    /// Timeout of one API call (a global snapshot is ~1 MB).
+    #[arg(long, env = "CONTRAIL_OPENSKY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub opensky_timeout: Duration,
+    /// First wait after a failed poll; it doubles (with jitter) up to --backoff-max.
+    #[arg(long, env = "CONTRAIL_BACKOFF_MIN", default_value = "1s", value_parser = duration)]
+    pub backoff_min: Duration,
+    #[arg(long, env = "CONTRAIL_BACKOFF_MAX", default_value = "5m", value_parser = duration)]
+    pub backoff_max: Duration,
+    /// Stop after this many successful polls [default: never].
+    #[arg(long, env = "CONTRAIL_POLLS")]
+    pub polls: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub opensky: OpenSkyArgs,
+    /// Where to append the recording: one JSON line per poll, {"poll_time", "response"}.
+    #[arg(long, env = "CONTRAIL_RECORD_OUT")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -19,12 +19,14 @@ use crate::bus::kafka::{
 use crate::bus::memory::MemoryBus;
 use crate::bus::{BatchConsumer, Publisher};
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::SimulatorArgs;
 use crate::config::{
     Cli, Command, DemoArgs, GrpcArgs, IngestArgs, PipelineArgs, ProcessArgs, ServeArgs, SourceArgs,
     SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs,
 };
+use crate::config::{OpenSkyArgs, RecordArgs, SimulatorArgs};
 use crate::dead_letter::DeadLetter;
+use crate::ingest::opensky::{ClientConfig, Credentials, OpenSkyClient, OpenSkySource, PollConfig};
+use crate::ingest::replay::ReplaySource;
 use crate::ingest::simulator::SimulatorConfig;
 use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, Speed, run_ingest};
 use crate::pipeline::{OutputTopics, ProcessConfig, ProcessStats, Processor, run_process};
@@ -41,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Features(args) => offline::features(args).await,
         Command::Train(args) => offline::train(args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Record(args) => record(args).await,
         Command::Topics {
             action: TopicsCommand::Create(args),
         } => topics_create(args).await,
@@ -53,7 +56,87 @@ fn build_source(args: &SourceArgs) -> anyhow::Result<Box<dyn Source>> {
             &args.simulator,
             args.simulator.speed,
         )?)),
+        SourceKind::Opensky => Ok(Box::new(opensky_source(&args.opensky)?)),
+        SourceKind::Replay => {
+            let path = args
+                .replay_file
+                .as_deref()
+                .context("--source replay needs --replay-file")?;
+            Ok(Box::new(ReplaySource::open(path, args.simulator.speed)?))
+        }
     }
+}
+
+fn opensky_source(o: &OpenSkyArgs) -> anyhow::Result<OpenSkySource> {
+    let credentials = Credentials::load(o.opensky_credentials.as_deref())?;
+    let client = OpenSkyClient::new(ClientConfig {
+        api_url: o.opensky_api_url.clone(),
+        auth_url: o.opensky_auth_url.clone(),
+        credentials,
+        bbox: o.bbox,
+        timeout: o.opensky_timeout,
+    })?;
+    Ok(OpenSkySource::new(
+        client,
+        PollConfig {
+            interval: o.poll_interval,
+            backoff_min: o.backoff_min,
+            backoff_max: o.backoff_max,
+            max_polls: o.polls,
+        },
+    ))
+}
+
+/// `contrail record`: OpenSky `/states/all` responses -> one JSON line per poll.
+async fn record(args: RecordArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut source = opensky_source(&args.opensky)?;
+    source.keep_bodies = true;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("--out {}", dir.display()))?;
+    }
+    let mut out = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.out)
+            .with_context(|| format!("--out {}", args.out.display()))?,
+    );
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut states = 0usize;
+    loop {
+        if args.opensky.polls.is_some_and(|n| source.stats.polls >= n) {
+            break;
+        }
+        tokio::select! {
+            () = &mut signal => break,
+            payloads = source.cycle() => states += payloads.len(),
+        }
+        for (at, body) in source.bodies.drain(..) {
+            // Parsed once already; re-serialised so a pretty-printed body stays one line.
+            let response: serde_json::Value = serde_json::from_slice(&body)?;
+            let line = serde_json::json!({
+                "poll_time": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "response": response,
+            });
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
+        }
+    }
+    let s = &source.stats;
+    println!(
+        "{}: {} polls recorded ({} new states, {} unchanged, {} failed polls, credits left {})",
+        args.out.display(),
+        s.polls,
+        states,
+        s.unchanged,
+        s.failures,
+        s.credits_remaining
+            .map_or_else(|| "unknown".to_string(), |c| c.to_string())
+    );
+    Ok(())
 }
 
 fn simulator_source(s: &SimulatorArgs, speed: Speed) -> anyhow::Result<SimulatorSource> {

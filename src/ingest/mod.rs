@@ -5,7 +5,9 @@
 //! duplicate counter (the same aircraft with the same `last_contact` as its previous state).
 
 pub mod airports;
+pub mod opensky;
 pub mod record;
+pub mod replay;
 pub mod simulator;
 pub mod validate;
 

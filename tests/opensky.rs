@@ -1,0 +1,475 @@
+//! The OpenSky client and source against the project's loopback imitation of the API
+//! (tests/common/opensky.rs): OAuth2 tokens and their renewal, anonymous access, credits
+//! and 429, faults with backoff, unchanged states, and record -> replay through the binary.
+
+#[path = "common/opensky.rs"]
+mod server;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use contrail::ingest::opensky::{
+    ClientConfig, Credentials, OpenSkyClient, OpenSkySource, PollConfig, parse_states,
+};
+use contrail::ingest::record::RawRecord;
+use server::{Config, Fault, OpenSkyServer, simulated_snapshots};
+
+fn client(s: &OpenSkyServer, credentials: bool, timeout: Duration) -> OpenSkyClient {
+    let (id, secret) = s.credentials();
+    OpenSkyClient::new(ClientConfig {
+        api_url: s.api_url(),
+        auth_url: s.auth_url(),
+        credentials: credentials.then_some(Credentials {
+            client_id: id,
+            client_secret: secret,
+        }),
+        bbox: None,
+        timeout,
+    })
+    .unwrap()
+}
+
+fn poll_config() -> PollConfig {
+    PollConfig {
+        interval: Duration::from_secs(5),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        max_polls: None,
+    }
+}
+
+#[tokio::test]
+async fn token_is_fetched_once_cached_and_renewed_after_a_401() {
+    let s = OpenSkyServer::start(Config::default(), simulated_snapshots(50, 4, 1)).await;
+    let mut c = client(&s, true, Duration::from_secs(10));
+    let first = c.states().await.unwrap();
+    let states = parse_states(&first.body).unwrap();
+    assert_eq!(states.payloads.len(), 50);
+    assert_eq!(
+        first.remaining,
+        Some(3996),
+        "4000 credits, a world snapshot costs 4"
+    );
+    c.states().await.unwrap();
+    assert_eq!(s.seen().token_requests, 1, "the token is cached");
+    s.inject(Fault::ExpireTokens);
+    c.states().await.unwrap();
+    let seen = s.seen();
+    assert_eq!(seen.token_requests, 2, "a 401 renews the token once");
+    let statuses: Vec<u16> = seen.calls.iter().map(|c| c.2).collect();
+    assert_eq!(statuses, [200, 200, 401, 200]);
+    assert!(
+        seen.calls
+            .iter()
+            .all(|c| c.1.as_deref().is_some_and(|a| a.starts_with("Bearer tok-")))
+    );
+}
+
+#[tokio::test]
+async fn a_token_near_expiry_is_renewed_before_use() {
+    let config = Config {
+        token_lifetime_s: 31, // inside the 30 s margin after a second
+        ..Config::default()
+    };
+    let s = OpenSkyServer::start(config, simulated_snapshots(10, 2, 2)).await;
+    let mut c = client(&s, true, Duration::from_secs(10));
+    c.states().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.states().await.unwrap();
+    assert_eq!(s.seen().token_requests, 2);
+    assert!(s.seen().calls.iter().all(|c| c.2 == 200), "never a 401");
+}
+
+#[tokio::test]
+async fn wrong_credentials_fail_the_poll_without_leaking_the_secret() {
+    let s = OpenSkyServer::start(Config::default(), simulated_snapshots(10, 2, 3)).await;
+    let mut c = OpenSkyClient::new(ClientConfig {
+        api_url: s.api_url(),
+        auth_url: s.auth_url(),
+        credentials: Some(Credentials {
+            client_id: "someone".into(),
+            client_secret: "wrong-secret-d41d8".into(),
+        }),
+        bbox: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let e = c.states().await.unwrap_err().to_string();
+    assert!(e.contains("token endpoint") && e.contains("401"), "{e}");
+    assert!(!e.contains("wrong-secret"), "{e}");
+}
+
+#[tokio::test]
+async fn anonymous_polls_send_no_authorization_and_bounding_boxes_filter_and_cost_less() {
+    let snapshots = simulated_snapshots(300, 2, 4);
+    let s = OpenSkyServer::start(Config::default(), snapshots.clone()).await;
+    let mut c = client(&s, false, Duration::from_secs(10));
+    let all = c.states().await.unwrap();
+    assert_eq!(all.remaining, Some(396));
+    assert!(s.seen().calls[0].1.is_none());
+    assert_eq!(s.seen().token_requests, 0);
+
+    // A 10 x 10 degree box around the first aircraft: cost 2, only aircraft inside.
+    let states = parse_states(&all.body).unwrap();
+    let r: RawRecord = serde_json::from_slice(&states.payloads[0]).unwrap();
+    let (lat, lon) = (r.latitude.unwrap(), r.longitude.unwrap());
+    let bbox = format!("{},{},{},{}", lat - 5.0, lon - 5.0, lat + 5.0, lon + 5.0)
+        .parse()
+        .unwrap();
+    let mut boxed = OpenSkyClient::new(ClientConfig {
+        bbox: Some(bbox),
+        ..ClientConfig {
+            api_url: s.api_url(),
+            auth_url: s.auth_url(),
+            credentials: None,
+            bbox: None,
+            timeout: Duration::from_secs(10),
+        }
+    })
+    .unwrap();
+    let inside = boxed.states().await.unwrap();
+    assert_eq!(
+        inside.remaining,
+        Some(394),
+        "a 100 square-degree box costs 2"
+    );
+    let inside = parse_states(&inside.body).unwrap();
+    assert!(!inside.payloads.is_empty() && inside.payloads.len() < states.payloads.len());
+    for p in &inside.payloads {
+        let r: RawRecord = serde_json::from_slice(p).unwrap();
+        assert!(bbox.contains(r.latitude.unwrap(), r.longitude.unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn faults_back_off_and_never_stop_the_source() {
+    let s = OpenSkyServer::start(Config::default(), simulated_snapshots(40, 3, 5)).await;
+    let mut source =
+        OpenSkySource::new(client(&s, true, Duration::from_millis(500)), poll_config());
+    for f in [
+        Fault::Status(503),
+        Fault::Truncated,
+        Fault::Delay(Duration::from_secs(2)), // over the 500 ms timeout
+        Fault::Status(500),
+    ] {
+        s.inject(f);
+    }
+    let started = Instant::now();
+    let mut chunks = Vec::new();
+    for _ in 0..5 {
+        chunks.push(source.cycle().await);
+    }
+    assert_eq!(source.stats.failures, 4);
+    assert_eq!(source.stats.polls, 1);
+    assert!(chunks[..4].iter().all(Vec::is_empty));
+    assert_eq!(
+        chunks[4].len(),
+        40,
+        "the first good poll publishes every state"
+    );
+    // Backoff 20 ms doubling (jitter over the upper half): at least 10+20+40+80 ms waited.
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    let statuses: Vec<u16> = s.seen().calls.iter().map(|c| c.2).collect();
+    assert_eq!(statuses, [503, 200, 200, 500, 200]);
+}
+
+#[tokio::test]
+async fn unchanged_states_are_not_published_again() {
+    // From one snapshot to the next, every other aircraft keeps its last report.
+    let mut snapshots = simulated_snapshots(30, 22, 6).split_off(2);
+    for i in 1..snapshots.len() {
+        assert_eq!(snapshots[i].rows.len(), 30);
+        for j in (0..30).step_by(2) {
+            snapshots[i].rows[j] = snapshots[i - 1].rows[j].clone();
+        }
+    }
+    let s = OpenSkyServer::start(Config::default(), snapshots).await;
+    let mut source = OpenSkySource::new(client(&s, true, Duration::from_secs(10)), poll_config());
+    let first = source.cycle().await;
+    assert_eq!(first.len(), 30);
+    let second = source.cycle().await; // 5 s later: the next snapshot
+    let keys = |p: &[Vec<u8>]| -> HashSet<(String, i64)> {
+        p.iter()
+            .map(|x| serde_json::from_slice::<RawRecord>(x).unwrap())
+            .map(|r| (r.icao24, r.last_contact))
+            .collect()
+    };
+    assert!(
+        keys(&first).is_disjoint(&keys(&second)),
+        "a state published twice"
+    );
+    assert!(source.stats.unchanged >= 15, "{:?}", source.stats);
+    assert_eq!(second.len() + source.stats.unchanged as usize, 30);
+    assert_eq!(source.stats.polls, 2);
+}
+
+#[tokio::test]
+async fn out_of_credits_waits_for_retry_after() {
+    let config = Config {
+        retry_after_s: 2,
+        ..Config::default()
+    };
+    let s = OpenSkyServer::start(config, simulated_snapshots(20, 2, 7)).await;
+    s.set_credits("anonymous", 0);
+    let mut source = OpenSkySource::new(client(&s, false, Duration::from_secs(10)), poll_config());
+    assert!(source.cycle().await.is_empty());
+    s.set_credits("anonymous", 400);
+    let started = Instant::now();
+    let chunk = source.cycle().await;
+    assert_eq!(chunk.len(), 20);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    let seen = s.seen();
+    assert_eq!(
+        seen.calls.iter().map(|c| c.2).collect::<Vec<_>>(),
+        [429, 200]
+    );
+    assert!(seen.calls[1].0 - seen.calls[0].0 >= Duration::from_millis(1900));
+    assert_eq!(source.stats.credits_remaining, Some(396));
+}
+
+fn contrail(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_contrail"))
+        .args(args)
+        .env(
+            "CONTRAIL_LOG",
+            "debug,rdkafka=warn,h2=info,hyper=info,rustls=info",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The number after `label` in a status line.
+fn count(line: &str, label: &str) -> u64 {
+    let line = line.strip_prefix("done: ").unwrap_or(line);
+    line.split(" | ")
+        .find_map(|p| p.trim().strip_prefix(label))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{label} in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_then_replay_through_the_demo() {
+    let s = OpenSkyServer::start(Config::default(), simulated_snapshots(80, 6, 8)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (id, secret) = s.credentials();
+    let creds = dir.path().join("credentials.json");
+    std::fs::write(
+        &creds,
+        serde_json::json!({"clientId": id, "clientSecret": secret}).to_string(),
+    )
+    .unwrap();
+    let recording = dir.path().join("rec.jsonl");
+    let (api, auth) = (s.api_url(), s.auth_url());
+    let args: Vec<String> = [
+        "record",
+        "--out",
+        recording.to_str().unwrap(),
+        "--opensky-api-url",
+        &api,
+        "--opensky-auth-url",
+        &auth,
+        "--opensky-credentials",
+        creds.to_str().unwrap(),
+        "--polls",
+        "2",
+        "--poll-interval",
+        "5s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        contrail(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("2 polls recorded"), "{out}");
+    assert!(
+        !out.contains(&secret) && !err.contains(&secret),
+        "the secret leaked into the output"
+    );
+    assert!(err.contains("authenticated"), "{err}");
+
+    // What the recording holds: unique (icao24, last_contact) over both polls.
+    let text = std::fs::read_to_string(&recording).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let mut unique = HashSet::new();
+    for l in &lines {
+        assert!(l["poll_time"].as_str().unwrap().ends_with('Z'));
+        let states = parse_states(l["response"].to_string().as_bytes()).unwrap();
+        for p in states.payloads {
+            let r: RawRecord = serde_json::from_slice(&p).unwrap();
+            unique.insert((r.icao24, r.last_contact));
+        }
+    }
+    assert!(unique.len() >= 80);
+
+    let data = dir.path().join("data");
+    let rec = recording.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        contrail(&[
+            "demo",
+            "--source",
+            "replay",
+            "--replay-file",
+            rec.to_str().unwrap(),
+            "--speed",
+            "max",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-bind",
+            "127.0.0.1:0",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("stopping: source finished"), "{out}");
+    let done = out
+        .lines()
+        .find(|l| l.starts_with("done: "))
+        .expect("done line");
+    assert_eq!(count(done, "processed") as usize, unique.len(), "{done}");
+    assert_eq!(
+        count(done, "read"),
+        count(done, "published") + count(done, "duplicates") + count(done, "dead-lettered")
+    );
+
+    // The archive's processed Parquet files as a replay source: raw columns only.
+    let files: Vec<std::path::PathBuf> = walk(&dir.path().join("data/processed"));
+    assert!(!files.is_empty());
+    let rows: i64 = files
+        .iter()
+        .map(|f| {
+            parquet::file::reader::FileReader::metadata(
+                &parquet::file::serialized_reader::SerializedFileReader::new(
+                    std::fs::File::open(f).unwrap(),
+                )
+                .unwrap(),
+            )
+            .file_metadata()
+            .num_rows()
+        })
+        .sum();
+    let first = files[0].clone();
+    let first_rows = parquet::file::reader::FileReader::metadata(
+        &parquet::file::serialized_reader::SerializedFileReader::new(
+            std::fs::File::open(&first).unwrap(),
+        )
+        .unwrap(),
+    )
+    .file_metadata()
+    .num_rows();
+    assert_eq!(
+        rows as usize,
+        unique.len(),
+        "the archive holds every processed record"
+    );
+    let data3 = dir.path().join("data3");
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        contrail(&[
+            "demo",
+            "--source",
+            "replay",
+            "--replay-file",
+            first.to_str().unwrap(),
+            "--speed",
+            "max",
+            "--data-dir",
+            data3.to_str().unwrap(),
+            "--grpc-bind",
+            "127.0.0.1:0",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    let done = out
+        .lines()
+        .find(|l| l.starts_with("done: "))
+        .expect("done line");
+    assert_eq!(count(done, "processed") as i64, first_rows, "{done}");
+
+    // The same records as flat JSON lines, replayed with their time spacing (x1000).
+    let flat = dir.path().join("flat.jsonl");
+    let mut body = String::new();
+    for l in &lines {
+        for p in parse_states(l["response"].to_string().as_bytes())
+            .unwrap()
+            .payloads
+        {
+            body.push_str(std::str::from_utf8(&p).unwrap());
+            body.push('\n');
+        }
+    }
+    body.push_str("{\"not\": \"a record\"}\n");
+    std::fs::write(&flat, body).unwrap();
+    let data2 = dir.path().join("data2");
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        contrail(&[
+            "demo",
+            "--source",
+            "replay",
+            "--replay-file",
+            flat.to_str().unwrap(),
+            "--speed",
+            "1000",
+            "--data-dir",
+            data2.to_str().unwrap(),
+            "--grpc-bind",
+            "127.0.0.1:0",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    let done = out
+        .lines()
+        .find(|l| l.starts_with("done: "))
+        .expect("done line");
+    assert_eq!(count(done, "processed") as usize, unique.len(), "{done}");
+    assert_eq!(count(done, "dead-lettered"), 1, "{done}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn replay_without_a_file_names_the_flag() {
+    let (ok, _, err) = contrail(&["demo", "--source", "replay"]);
+    assert!(!ok);
+    assert!(err.contains("--replay-file"), "{err}");
+    let (ok, _, err) = contrail(&["record", "--out", "/tmp/x.jsonl", "--bbox", "1,2,3"]);
+    assert!(!ok);
+    assert!(err.contains("--bbox"), "{err}");
+}

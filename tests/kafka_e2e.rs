@@ -131,6 +131,8 @@ fn simulator_through_kafka_exactly_once_with_archive() {
                 RECORDS.to_string(),
                 "--invalid-rate".into(),
                 INVALID_RATE.to_string(),
+                "--http-bind".into(),
+                "127.0.0.1:0".into(),
             ],
         ),
         300,

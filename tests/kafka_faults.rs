@@ -291,6 +291,8 @@ async fn processors_survive_crashes_scale_out_and_broker_restarts() {
             &RECORDS.to_string(),
             "--invalid-rate",
             "0.001",
+            "--http-bind",
+            "127.0.0.1:0",
         ]
         .map(String::from),
     );

@@ -160,8 +160,8 @@ async fn faults_back_off_and_never_stop_the_source() {
     for _ in 0..5 {
         chunks.push(source.cycle().await);
     }
-    assert_eq!(source.stats.failures, 4);
-    assert_eq!(source.stats.polls, 1);
+    assert_eq!(source.stats().failures, 4);
+    assert_eq!(source.stats().polls, 1);
     assert!(chunks[..4].iter().all(Vec::is_empty));
     assert_eq!(
         chunks[4].len(),
@@ -203,9 +203,9 @@ async fn unchanged_states_are_not_published_again() {
         keys(&first).is_disjoint(&keys(&second)),
         "a state published twice"
     );
-    assert!(source.stats.unchanged >= 15, "{:?}", source.stats);
-    assert_eq!(second.len() + source.stats.unchanged as usize, 30);
-    assert_eq!(source.stats.polls, 2);
+    assert!(source.stats().unchanged >= 15, "{:?}", source.stats());
+    assert_eq!(second.len() + source.stats().unchanged as usize, 30);
+    assert_eq!(source.stats().polls, 2);
 }
 
 #[tokio::test]
@@ -233,7 +233,7 @@ async fn out_of_credits_waits_for_retry_after() {
         [429, 200]
     );
     assert!(seen.calls[1].0 - seen.calls[0].0 >= Duration::from_millis(1900));
-    assert_eq!(source.stats.credits_remaining, Some(396));
+    assert_eq!(source.stats().credits_remaining, Some(396));
 }
 
 fn contrail(args: &[&str]) -> (bool, String, String) {
@@ -472,4 +472,262 @@ fn replay_without_a_file_names_the_flag() {
     let (ok, _, err) = contrail(&["record", "--out", "/tmp/x.jsonl", "--bbox", "1,2,3"]);
     assert!(!ok);
     assert!(err.contains("--bbox"), "{err}");
+}
+
+/// (icao24, last_contact) of every row of the Parquet files under `dir`.
+fn archived_keys(dir: &std::path::Path) -> Vec<(String, i64)> {
+    use arrow::array::AsArray;
+    let mut keys = Vec::new();
+    for f in walk(dir) {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(f).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let icao = b
+                .column_by_name("icao24")
+                .unwrap()
+                .as_string::<i32>()
+                .clone();
+            let last = b
+                .column_by_name("last_contact")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .clone();
+            for i in 0..b.num_rows() {
+                keys.push((icao.value(i).to_string(), last.value(i)));
+            }
+        }
+    }
+    keys
+}
+
+/// The definition of done: the demo pointed at an OpenSky-like server archives
+/// exactly the states that server served (after validation and dedupe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_opensky_archives_exactly_what_the_server_served() {
+    let s = OpenSkyServer::start(Config::default(), simulated_snapshots(120, 40, 9)).await;
+    s.inject(Fault::Status(502)); // a failed cycle on the way changes nothing
+    let dir = tempfile::tempdir().unwrap();
+    let (id, secret) = s.credentials();
+    let creds = dir.path().join("credentials.json");
+    std::fs::write(
+        &creds,
+        serde_json::json!({"clientId": id, "clientSecret": secret}).to_string(),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args: Vec<String> = [
+        "demo",
+        "--source",
+        "opensky",
+        "--opensky-api-url",
+        &s.api_url(),
+        "--opensky-auth-url",
+        &s.auth_url(),
+        "--opensky-credentials",
+        creds.to_str().unwrap(),
+        "--poll-interval",
+        "5s",
+        "--polls",
+        "3",
+        "--backoff-min",
+        "50ms",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--grpc-bind",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        contrail(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(!err.contains(&secret) && !out.contains(&secret));
+    let seen = s.seen();
+    assert_eq!(
+        seen.calls.iter().map(|c| c.2).collect::<Vec<_>>(),
+        [502, 200, 200, 200]
+    );
+    let mut archived = archived_keys(&data.join("processed"));
+    let n = archived.len();
+    archived.sort();
+    archived.dedup();
+    assert_eq!(archived.len(), n, "a state archived twice");
+    let mut served: Vec<_> = seen.served.into_iter().collect();
+    served.sort();
+    assert_eq!(archived, served);
+}
+
+/// Imitation server -> `contrail ingest` -> real Kafka: the raw topic holds exactly the
+/// states served, once each, keyed by icao24.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Apache Kafka: run scripts/test"]
+async fn ingest_from_opensky_into_kafka() {
+    let s = OpenSkyServer::start(Config::default(), simulated_snapshots(150, 40, 10)).await;
+    let topic = format!(
+        "opensky-raw-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    let dlq = format!("{topic}-dlq");
+    let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let create: Vec<String> = [
+        "topics",
+        "create",
+        "--kafka-bootstrap",
+        &bootstrap,
+        "--topic-raw",
+        &topic,
+        "--topic-dead-letter",
+        &dlq,
+        "--partitions",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        contrail(&create.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    let args: Vec<String> = [
+        "ingest",
+        "--kafka-bootstrap",
+        &bootstrap,
+        "--topic-raw",
+        &topic,
+        "--topic-dead-letter",
+        &dlq,
+        "--source",
+        "opensky",
+        "--opensky-api-url",
+        &s.api_url(),
+        "--poll-interval",
+        "10s",
+        "--polls",
+        "2",
+        "--http-bind",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_contrail"))
+        .args(&args)
+        .env("CONTRAIL_LOG", "info,rdkafka=warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let http = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        lines
+            .find_map(|l| {
+                l.unwrap()
+                    .strip_prefix("http: ")
+                    .map(|r| r.split(' ').next().unwrap().to_string())
+            })
+            .expect("ingest prints its HTTP address")
+    })
+    .await
+    .unwrap();
+    // The health endpoint while polling: after the first poll (the second is 10 s later).
+    let mut health = serde_json::Value::Null;
+    for _ in 0..50 {
+        health = reqwest::get(format!("http://{http}/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["source_counters"]["polls"] == 1
+            && health["records"]["published"].as_u64() > Some(0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["source"], "opensky");
+    assert_eq!(health["source_counters"]["polls"], 1, "{health}");
+    assert_eq!(health["source_counters"]["authenticated"], false);
+    assert_eq!(
+        health["source_counters"]["credits_remaining"], 396,
+        "{health}"
+    );
+    assert_eq!(health["records"]["published"], 150, "{health}");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{err}");
+    assert!(
+        err.contains("anonymous"),
+        "the anonymous mode is logged: {err}"
+    );
+    let t = topic.clone();
+    let messages = tokio::task::spawn_blocking(move || read_topic(&bootstrap, &t))
+        .await
+        .unwrap();
+    let mut got: Vec<(String, i64)> = messages
+        .iter()
+        .map(|(key, payload)| {
+            let r: RawRecord = serde_json::from_slice(payload).unwrap();
+            assert_eq!(key.as_deref(), Some(r.icao24.as_bytes()));
+            assert!(r.ingest_timestamp.is_some());
+            (r.icao24, r.last_contact)
+        })
+        .collect();
+    let n = got.len();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), n, "a state published twice");
+    let mut served: Vec<_> = s.seen().served.into_iter().collect();
+    served.sort();
+    assert_eq!(got, served);
+}
+
+/// Every committed record of `topic` (all partitions, from the start to the end).
+fn read_topic(bootstrap: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message as _;
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = md.topics()[0].partitions().len();
+    let mut eof = HashSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while eof.len() < partitions && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(m)) => out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().unwrap_or_default().to_vec(),
+            )),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                eof.insert(p);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(eof.len(), partitions, "{topic} not read to the end");
+    out
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+mod health;
 mod offline;
 
 use anyhow::Context as _;
@@ -106,7 +107,11 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     tokio::pin!(signal);
     let mut states = 0usize;
     loop {
-        if args.opensky.polls.is_some_and(|n| source.stats.polls >= n) {
+        if args
+            .opensky
+            .polls
+            .is_some_and(|n| source.stats().polls >= n)
+        {
             break;
         }
         tokio::select! {
@@ -125,7 +130,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
             out.flush()?;
         }
     }
-    let s = &source.stats;
+    let s = source.stats();
     println!(
         "{}: {} polls recorded ({} new states, {} unchanged, {} failed polls, credits left {})",
         args.out.display(),
@@ -476,6 +481,20 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         dead_letter: args.topics.topic_dead_letter.clone(),
     };
     let stop = CancellationToken::new();
+    let stop_http = CancellationToken::new();
+    let http = health::HealthServer::start(
+        args.http_bind,
+        match args.source.source {
+            SourceKind::Simulator => "simulator",
+            SourceKind::Opensky => "opensky",
+            SourceKind::Replay => "replay",
+        },
+        Arc::clone(&stats),
+        source.health(),
+        stop_http.clone(),
+    )
+    .await?;
+    println!("http: {} (/health)", http.local_addr);
     tracing::info!(%bootstrap, topic = %topics.raw, "ingesting");
     let run = run_ingest(
         source.as_mut(),
@@ -500,6 +519,8 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         () = signal => {}
     }
     log_ingest(&stats);
+    stop_http.cancel();
+    http.join().await?;
     Ok(())
 }
 

@@ -34,7 +34,15 @@ use validate::{Dedupe, validate};
 pub trait Source: Send {
     /// The next chunk of payloads; `None` when the source is exhausted.
     async fn next_chunk(&mut self) -> Result<Option<Vec<Vec<u8>>>>;
+
+    /// The source's own counters for the health endpoint, readable from other tasks.
+    fn health(&self) -> Option<SourceHealth> {
+        None
+    }
 }
+
+/// A source's counters, shared with the health endpoint.
+pub type SourceHealth = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// How fast simulated time runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -169,6 +177,8 @@ pub struct IngestStats {
     pub published: AtomicU64,
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Dead-lettered records by reason code.
+    pub rejected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// Topics the ingest stage writes.
@@ -215,6 +225,12 @@ pub async fn run_ingest(
                     published += 1;
                 }
                 Err(rejection) => {
+                    *stats
+                        .rejected
+                        .lock()
+                        .expect("stats lock")
+                        .entry(rejection.reason)
+                        .or_default() += 1;
                     let dl = DeadLetter::new(
                         "ingest",
                         rejection.reason,

@@ -472,13 +472,29 @@ pub fn min_interval(authenticated: bool) -> Duration {
     Duration::from_secs(if authenticated { 5 } else { 10 })
 }
 
-/// Counters the source keeps (read by status lines and tests).
-#[derive(Debug, Default, Clone)]
+/// Counters the source keeps (read by the health endpoint, status lines and tests).
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct PollStats {
     pub polls: u64,
     pub failures: u64,
+    /// Failed polls by kind: rate_limited, http_5xx, http_4xx, transport, invalid, auth.
+    pub failures_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub unchanged: u64,
     pub credits_remaining: Option<i64>,
+    pub authenticated: bool,
+}
+
+impl PollError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::RateLimited(_) => "rate_limited",
+            PollError::Http { status, .. } if *status >= 500 => "http_5xx",
+            PollError::Http { .. } => "http_4xx",
+            PollError::Transport(_) => "transport",
+            PollError::Invalid(_) => "invalid",
+            PollError::Auth(_) => "auth",
+        }
+    }
 }
 
 /// Polls `/states/all` forever (or `max_polls` times): each state becomes one payload;
@@ -490,7 +506,7 @@ pub struct OpenSkySource {
     next_poll: Instant,
     failures: u32,
     previous: std::collections::HashMap<String, i64>,
-    pub stats: PollStats,
+    stats: std::sync::Arc<std::sync::Mutex<PollStats>>,
     warned_credits: bool,
     /// Raw bodies of successful polls go here too (`contrail record`).
     pub keep_bodies: bool,
@@ -499,7 +515,8 @@ pub struct OpenSkySource {
 
 impl OpenSkySource {
     pub fn new(client: OpenSkyClient, mut poll: PollConfig) -> Self {
-        let floor = min_interval(client.authenticated());
+        let authenticated = client.authenticated();
+        let floor = min_interval(authenticated);
         if poll.interval < floor {
             tracing::warn!(
                 requested = ?poll.interval,
@@ -521,7 +538,10 @@ impl OpenSkySource {
             next_poll: Instant::now(),
             failures: 0,
             previous: std::collections::HashMap::new(),
-            stats: PollStats::default(),
+            stats: std::sync::Arc::new(std::sync::Mutex::new(PollStats {
+                authenticated,
+                ..PollStats::default()
+            })),
             warned_credits: false,
             keep_bodies: false,
             bodies: Vec::new(),
@@ -530,6 +550,17 @@ impl OpenSkySource {
 
     pub fn client(&self) -> &OpenSkyClient {
         &self.client
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> PollStats {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    fn fail(&self, e: &PollError) {
+        let mut s = self.stats.lock().expect("stats lock");
+        s.failures += 1;
+        *s.failures_by_kind.entry(e.kind()).or_default() += 1;
     }
 
     fn backoff(&mut self) -> Duration {
@@ -542,7 +573,7 @@ impl OpenSkySource {
     }
 
     fn account_credits(&mut self, remaining: Option<i64>) {
-        self.stats.credits_remaining = remaining;
+        self.stats.lock().expect("stats lock").credits_remaining = remaining;
         let Some(left) = remaining else { return };
         let cost = i64::from(credit_cost(self.client.config.bbox.as_ref()));
         let polls_left = left / cost.max(1);
@@ -574,7 +605,7 @@ impl OpenSkySource {
         match result {
             Ok((states, poll)) => {
                 self.failures = 0;
-                self.stats.polls += 1;
+                self.stats.lock().expect("stats lock").polls += 1;
                 self.account_credits(poll.remaining);
                 self.next_poll = started + self.poll.interval;
                 if self.keep_bodies {
@@ -582,13 +613,14 @@ impl OpenSkySource {
                 }
                 let mut current = std::collections::HashMap::with_capacity(states.keys.len());
                 let mut out = Vec::with_capacity(states.payloads.len());
+                let mut unchanged_now = 0;
                 for (payload, key) in states.payloads.into_iter().zip(states.keys) {
                     match key {
                         Some((icao, last)) => {
                             let unchanged = self.previous.get(&icao) == Some(&last);
                             current.insert(icao, last);
                             if unchanged {
-                                self.stats.unchanged += 1;
+                                unchanged_now += 1;
                             } else {
                                 out.push(payload);
                             }
@@ -597,10 +629,14 @@ impl OpenSkySource {
                     }
                 }
                 self.previous = current;
+                self.stats.lock().expect("stats lock").unchanged += unchanged_now;
                 out
             }
-            Err(PollError::RateLimited(wait)) => {
-                self.stats.failures += 1;
+            Err(e @ PollError::RateLimited(_)) => {
+                self.fail(&e);
+                let PollError::RateLimited(wait) = e else {
+                    unreachable!("matched above")
+                };
                 let resume = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
                 tracing::warn!(
                     wait_s = wait.as_secs(),
@@ -611,7 +647,7 @@ impl OpenSkySource {
                 Vec::new()
             }
             Err(e) => {
-                self.stats.failures += 1;
+                self.fail(&e);
                 let wait = self.backoff();
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "OpenSky poll failed");
                 self.next_poll = Instant::now() + wait;
@@ -624,10 +660,17 @@ impl OpenSkySource {
 #[async_trait]
 impl Source for OpenSkySource {
     async fn next_chunk(&mut self) -> Result<Option<Vec<Vec<u8>>>> {
-        if self.poll.max_polls.is_some_and(|n| self.stats.polls >= n) {
+        if self.poll.max_polls.is_some_and(|n| self.stats().polls >= n) {
             return Ok(None);
         }
         Ok(Some(self.cycle().await))
+    }
+
+    fn health(&self) -> Option<super::SourceHealth> {
+        let stats = std::sync::Arc::clone(&self.stats);
+        Some(std::sync::Arc::new(move || {
+            serde_json::to_value(&*stats.lock().expect("stats lock")).unwrap_or_default()
+        }))
     }
 }
 

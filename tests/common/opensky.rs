@@ -66,6 +66,8 @@ pub struct Seen {
     pub states_calls: u32,
     /// (when, authorization header or None, status answered)
     pub calls: Vec<(Instant, Option<String>, u16)>,
+    /// (icao24, last_contact) of every state served with a 200 (truncated bodies excluded).
+    pub served: std::collections::HashSet<(String, i64)>,
 }
 
 #[derive(Debug)]
@@ -349,6 +351,12 @@ fn answer(
     let mut body = json!({"time": t, "states": states}).to_string();
     if matches!(fault, Some(Fault::Truncated)) {
         body.truncate(body.len() / 2);
+    } else if let Value::Array(rows) = &states {
+        for r in rows {
+            i.seen
+                .served
+                .insert((r[0].as_str().unwrap().to_string(), r[4].as_i64().unwrap()));
+        }
     }
     let remaining = i.credits[&if authenticated {
         i.config.client_id.clone()

@@ -1,0 +1,68 @@
+//! The ingest process's HTTP endpoint: `GET /health` answers 200 with its counters as JSON
+//! (records read, published, duplicates, dead-lettered by reason, and the source's own:
+//! OpenSky polls, failures by kind, credits left).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::{IngestStats, SourceHealth};
+
+pub struct HealthServer {
+    pub local_addr: SocketAddr,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HealthServer {
+    pub async fn start(
+        bind: SocketAddr,
+        source: &'static str,
+        stats: Arc<IngestStats>,
+        source_health: Option<SourceHealth>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("--http-bind {bind}: cannot listen"))?;
+        let local_addr = listener.local_addr()?;
+        let app = Router::new().route(
+            "/health",
+            get(move || {
+                let (stats, source_health) = (Arc::clone(&stats), source_health.clone());
+                async move {
+                    let l = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                    let rejected = stats.rejected.lock().expect("stats lock").clone();
+                    axum::Json(json!({
+                        "status": "ok",
+                        "source": source,
+                        "records": {
+                            "read": l(&stats.read),
+                            "published": l(&stats.published),
+                            "duplicates": l(&stats.duplicates),
+                            "dead_lettered": l(&stats.dead_lettered),
+                            "rejected_by_reason": rejected,
+                        },
+                        "source_counters": source_health.map(|h| h()),
+                    }))
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        Ok(Self { local_addr, task })
+    }
+
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await??;
+        Ok(())
+    }
+}

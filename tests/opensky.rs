@@ -324,26 +324,7 @@ async fn record_then_replay_through_the_demo() {
     assert!(unique.len() >= 80);
 
     let data = dir.path().join("data");
-    let rec = recording.clone();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        contrail(&[
-            "demo",
-            "--source",
-            "replay",
-            "--replay-file",
-            rec.to_str().unwrap(),
-            "--speed",
-            "max",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--grpc-bind",
-            "127.0.0.1:0",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(ok, "{out}\n{err}");
-    assert!(out.contains("stopping: source finished"), "{out}");
+    let out = replay_demo(&recording, "max", &data).await;
     let done = out
         .lines()
         .find(|l| l.starts_with("done: "))
@@ -385,24 +366,7 @@ async fn record_then_replay_through_the_demo() {
         "the archive holds every processed record"
     );
     let data3 = dir.path().join("data3");
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        contrail(&[
-            "demo",
-            "--source",
-            "replay",
-            "--replay-file",
-            first.to_str().unwrap(),
-            "--speed",
-            "max",
-            "--data-dir",
-            data3.to_str().unwrap(),
-            "--grpc-bind",
-            "127.0.0.1:0",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(ok, "{out}\n{err}");
+    let out = replay_demo(&first, "max", &data3).await;
     let done = out
         .lines()
         .find(|l| l.starts_with("done: "))
@@ -424,30 +388,41 @@ async fn record_then_replay_through_the_demo() {
     body.push_str("{\"not\": \"a record\"}\n");
     std::fs::write(&flat, body).unwrap();
     let data2 = dir.path().join("data2");
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        contrail(&[
-            "demo",
-            "--source",
-            "replay",
-            "--replay-file",
-            flat.to_str().unwrap(),
-            "--speed",
-            "1000",
-            "--data-dir",
-            data2.to_str().unwrap(),
-            "--grpc-bind",
-            "127.0.0.1:0",
-        ])
-    })
-    .await
-    .unwrap();
-    assert!(ok, "{out}\n{err}");
+    let out = replay_demo(&flat, "1000", &data2).await;
     let done = out
         .lines()
         .find(|l| l.starts_with("done: "))
         .expect("done line");
     assert_eq!(count(done, "processed") as usize, unique.len(), "{done}");
     assert_eq!(count(done, "dead-lettered"), 1, "{done}");
+}
+
+/// `contrail demo --source replay` over `file` (it must exit 0 at the end of the file);
+/// returns its stdout.
+async fn replay_demo(file: &std::path::Path, speed: &str, data: &std::path::Path) -> String {
+    let args: Vec<String> = [
+        "demo",
+        "--source",
+        "replay",
+        "--replay-file",
+        file.to_str().unwrap(),
+        "--speed",
+        speed,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--grpc-bind",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        contrail(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("stopping: source finished"), "{out}");
+    out
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

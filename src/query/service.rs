@@ -11,7 +11,7 @@ use datafusion::error::DataFusionError;
 use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -454,12 +454,15 @@ impl GrpcServer {
             check_token(token.as_deref(), &req)?;
             Ok(req)
         });
+        // No Nagle: small unary replies would wait for the peer's delayed ACK (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(contrail)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     stop.cancelled().await;
                 }),
         );

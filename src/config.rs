@@ -332,6 +332,30 @@ pub struct DemoArgs {
     pub status_interval: f64,
     #[command(flatten)]
     pub grpc: GrpcArgs,
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
+    /// When the source ends (a replay file, --max-records), keep serving the dashboard and
+    /// gRPC over what was processed until Ctrl-C instead of exiting.
+    #[arg(long, env = "CONTRAIL_KEEP_SERVING")]
+    pub keep_serving: bool,
+}
+
+/// The web dashboard's settings (`serve` and `demo`).
+#[derive(Debug, Clone, Args)]
+pub struct DashboardArgs {
+    /// Address of the dashboard and its JSON API (`/`, `/api/...`); port 0 picks one.
+    #[arg(long, env = "CONTRAIL_HTTP_BIND", default_value = "127.0.0.1:8501")]
+    pub http_bind: std::net::SocketAddr,
+    /// The dashboard's files (index.html, app/, and node_modules/ from `npm ci`).
+    #[arg(long, env = "CONTRAIL_WEB_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
+    pub web_dir: PathBuf,
+    /// The dashboard warns that data is stale when nothing arrived for this long.
+    #[arg(long, env = "CONTRAIL_STALE_AFTER", default_value = "30s", value_parser = duration)]
+    pub stale_after: Duration,
+    /// An aircraft leaves the map when its last report is this much older than the newest
+    /// record.
+    #[arg(long, env = "CONTRAIL_TRACK_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub track_timeout: Duration,
 }
 
 /// The gRPC query service's settings (`serve` and `demo`).
@@ -379,6 +403,8 @@ pub struct ServeArgs {
     pub topics: TopicArgs,
     #[command(flatten)]
     pub grpc: GrpcArgs,
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
     /// Root of the Parquet archive `Query` reads history from.
     #[arg(long, env = "CONTRAIL_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,

@@ -21,10 +21,12 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::{BatchConsumer, Publisher};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{
-    Cli, Command, DemoArgs, GrpcArgs, IngestArgs, PipelineArgs, ProcessArgs, ServeArgs, SourceArgs,
-    SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs,
+    Cli, Command, DashboardArgs, DemoArgs, GrpcArgs, IngestArgs, PipelineArgs, ProcessArgs,
+    ServeArgs, SourceArgs, SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs,
 };
 use crate::config::{OpenSkyArgs, RecordArgs, SimulatorArgs};
+use crate::dashboard::DashboardServer;
+use crate::dashboard::snapshot::Settings;
 use crate::dead_letter::DeadLetter;
 use crate::ingest::opensky::{ClientConfig, Credentials, OpenSkyClient, OpenSkySource, PollConfig};
 use crate::ingest::replay::ReplaySource;
@@ -237,6 +239,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let stop_grpc = CancellationToken::new();
     let archive = (!args.pipeline.no_archive).then(|| args.pipeline.data_dir.clone());
     let grpc = start_grpc(&args.grpc, Arc::clone(&store), archive, stop_grpc.clone()).await?;
+    let http = start_dashboard(&args.dashboard, Arc::clone(&store), stop_grpc.clone()).await?;
 
     let process_stats = Arc::new(ProcessStats::default());
     let mut processor = Processor::new(
@@ -280,22 +283,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut status = tokio::time::interval(Duration::from_secs_f64(args.status_interval));
     status.tick().await;
     let mut last = (Instant::now(), 0u64);
-    tokio::select! {
-        () = shutdown_signal() => println!("stopping: signal received"),
+    let source_finished = tokio::select! {
+        () = shutdown_signal() => { println!("stopping: signal received"); false }
         () = async { match deadline { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
             println!("stopping: --duration reached");
+            false
         }
         () = async {
+            let mut check = tokio::time::interval(Duration::from_millis(50));
             loop {
-                status.tick().await;
-                let processed = process_stats.processed.load(Ordering::Relaxed);
-                let rate = (processed - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                last = (Instant::now(), processed);
-                println!("{}", status_line(&ingest_stats, &process_stats, rate));
-                if ingest_task.is_finished() { break; }
+                tokio::select! {
+                    _ = status.tick() => {
+                        let processed = process_stats.processed.load(Ordering::Relaxed);
+                        let rate = (processed - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                        last = (Instant::now(), processed);
+                        println!("{}", status_line(&ingest_stats, &process_stats, rate));
+                    }
+                    _ = check.tick() => if ingest_task.is_finished() { break; },
+                }
             }
-        } => println!("stopping: source finished"),
-    }
+        } => { println!("stopping: source finished"); true }
+    };
 
     // Ordered shutdown: source, then the pipeline drains what is on the bus, then sinks.
     stop_source.cancel();
@@ -316,8 +324,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for feed in feeds {
         feed.await.context("live store feed")??;
     }
+    if args.keep_serving && source_finished {
+        println!("source finished: still serving the dashboard and gRPC (Ctrl-C stops)");
+        shutdown_signal().await;
+    }
     stop_grpc.cancel();
     grpc.join().await?;
+    http.join().await?;
     let rate =
         process_stats.processed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
     println!("done: {}", status_line(&ingest_stats, &process_stats, rate));
@@ -366,6 +379,22 @@ async fn start_grpc(
     Ok(server)
 }
 
+async fn start_dashboard(
+    d: &DashboardArgs,
+    store: Arc<LiveStore>,
+    stop: CancellationToken,
+) -> anyhow::Result<DashboardServer> {
+    let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    let settings = Settings {
+        stale_after: us(d.stale_after),
+        track_timeout: us(d.track_timeout),
+    };
+    let server =
+        DashboardServer::start(d.http_bind, store, d.web_dir.clone(), settings, stop).await?;
+    println!("dashboard: http://{}/", server.local_addr);
+    Ok(server)
+}
+
 /// `contrail serve`: the output topics (read_committed) -> live store; gRPC over it and
 /// the Parquet archive.
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -401,10 +430,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stop.clone(),
     )
     .await?;
+    let http = start_dashboard(&args.dashboard, Arc::clone(&store), stop.clone()).await?;
     shutdown_signal().await;
     println!("stopping: signal received");
     stop.cancel();
     grpc.join().await?;
+    http.join().await?;
     for f in feeds {
         let _ = tokio::task::spawn_blocking(move || f.join()).await;
     }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
@@ -54,6 +54,21 @@ struct Inner {
     anomalies: VecDeque<State>,
     windows: BTreeMap<i64, Window>,
     aircraft_windows: BTreeMap<(i64, String), AircraftWindow>,
+    /// Records and anomalies per second of event time, the last [`ACTIVITY_SECONDS`]
+    /// before the newest record.
+    activity: BTreeMap<i64, Activity>,
+    /// Event time of the newest record (microseconds).
+    newest: Option<i64>,
+}
+
+/// How much per-second activity the store keeps (an hour of event time).
+pub const ACTIVITY_SECONDS: i64 = 3_600;
+
+/// Records and anomalies in one second of event time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    pub records: u64,
+    pub anomalies: u64,
 }
 
 pub struct LiveStore {
@@ -63,6 +78,10 @@ pub struct LiveStore {
     /// Payloads that did not parse (counted, logged once in a while, skipped).
     pub rejected: AtomicU64,
     pub records: AtomicU64,
+    /// Processed states taken in (`records` counts windows too).
+    pub states: AtomicU64,
+    /// Wall-clock time (microseconds) the newest state arrived; 0 = none yet.
+    last_received: AtomicI64,
     anomalies_tx: broadcast::Sender<State>,
     windows_tx: broadcast::Sender<Window>,
 }
@@ -138,6 +157,8 @@ impl LiveStore {
             ready: AtomicBool::new(false),
             rejected: AtomicU64::new(0),
             records: AtomicU64::new(0),
+            states: AtomicU64::new(0),
+            last_received: AtomicI64::new(0),
             anomalies_tx: broadcast::channel(1024).0,
             windows_tx: broadcast::channel(256).0,
         }
@@ -201,7 +222,29 @@ impl LiveStore {
             position_jump_km: r.position_jump_km,
             seconds_since_previous: r.seconds_since_previous,
         };
+        let event_micros = r.timestamp.timestamp_micros();
         let mut inner = self.inner.write().expect("store lock");
+        let newest = inner.newest.map_or(event_micros, |n| n.max(event_micros));
+        inner.newest = Some(newest);
+        let (second, newest_second) = (
+            event_micros.div_euclid(1_000_000),
+            newest.div_euclid(1_000_000),
+        );
+        if second > newest_second - ACTIVITY_SECONDS {
+            let a = inner.activity.entry(second).or_default();
+            a.records += 1;
+            a.anomalies += u64::from(state.is_anomaly);
+            while inner
+                .activity
+                .first_key_value()
+                .is_some_and(|(s, _)| *s <= newest_second - ACTIVITY_SECONDS)
+            {
+                inner.activity.pop_first();
+            }
+        }
+        self.states.fetch_add(1, Ordering::Relaxed);
+        self.last_received
+            .store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
         if state.is_anomaly {
             if inner.anomalies.len() >= self.limits.max_anomalies {
                 inner.anomalies.pop_front();
@@ -360,6 +403,33 @@ impl LiveStore {
     pub fn all_aircraft_windows(&self) -> Vec<AircraftWindow> {
         let inner = self.inner.read().expect("store lock");
         inner.aircraft_windows.values().cloned().collect()
+    }
+
+    /// Reads the aircraft (icao24 -> recent states, oldest first) under the store's lock.
+    pub fn with_aircraft<R>(&self, f: impl FnOnce(&HashMap<String, VecDeque<State>>) -> R) -> R {
+        f(&self.inner.read().expect("store lock").aircraft)
+    }
+
+    /// Event time of the newest record and the per-second activity held, oldest first.
+    pub fn activity(&self) -> (Option<i64>, Vec<(i64, Activity)>) {
+        let inner = self.inner.read().expect("store lock");
+        (
+            inner.newest,
+            inner.activity.iter().map(|(s, a)| (*s, *a)).collect(),
+        )
+    }
+
+    /// Wall-clock time (microseconds) the newest state arrived, if any did.
+    pub fn last_received(&self) -> Option<i64> {
+        Some(self.last_received.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// The `n` newest global windows, oldest first.
+    pub fn latest_windows(&self, n: usize) -> Vec<Window> {
+        let inner = self.inner.read().expect("store lock");
+        let mut w: Vec<Window> = inner.windows.values().rev().take(n).copied().collect();
+        w.reverse();
+        w
     }
 
     pub fn aircraft_count(&self) -> usize {

@@ -358,7 +358,7 @@ fn dashboard_in_chromium() {
     let (status, js) = live.get("/vendor/plotly.js");
     assert_eq!(status, 200);
     assert!(js.len() > 1_000_000);
-    let (status, geo) = live.get("/vendor/topojson/world_50m.json");
+    let (status, geo) = live.get("/vendor/topojson/world_110m.json");
     assert_eq!(status, 200);
     assert!(geo.contains("\"Topology\""));
 

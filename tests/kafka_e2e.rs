@@ -232,6 +232,8 @@ fn simulator_through_kafka_exactly_once_with_archive() {
             &[
                 "--grpc-bind".into(),
                 "127.0.0.1:0".into(),
+                "--http-bind".into(),
+                "127.0.0.1:0".into(),
                 "--data-dir".into(),
                 data.path().display().to_string(),
             ],
@@ -254,6 +256,33 @@ fn simulator_through_kafka_exactly_once_with_archive() {
         .arg(valid.len().to_string())
         .status()
         .expect("running the Python gRPC client");
-    common::terminate(&mut serve, Duration::from_secs(30));
     assert!(status.success(), "the Python gRPC client check failed");
+
+    // The dashboard's API over the same live store (ready: the gRPC client waited for it).
+    let dashboard = lines
+        .find_map(|l| l.unwrap().strip_prefix("dashboard: ").map(str::to_string))
+        .expect("serve prints its dashboard address");
+    let get = |path: &str| -> serde_json::Value {
+        let url = format!("{dashboard}{path}");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { reqwest::get(&url).await.unwrap().json().await.unwrap() })
+    };
+    let summary = get("api/summary");
+    assert_eq!(
+        summary["records"].as_u64(),
+        Some(valid.len() as u64),
+        "{summary}"
+    );
+    let served_windows = get("api/windows?limit=10000");
+    let closed = served_windows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["open"] == false)
+        .count();
+    assert_eq!(closed, windows.len());
+    common::terminate(&mut serve, Duration::from_secs(30));
 }

@@ -412,6 +412,8 @@ async fn replay_demo(file: &std::path::Path, speed: &str, data: &std::path::Path
         data.to_str().unwrap(),
         "--grpc-bind",
         "127.0.0.1:0",
+        "--http-bind",
+        "127.0.0.1:0",
     ]
     .map(String::from)
     .to_vec();
@@ -514,6 +516,8 @@ async fn demo_with_opensky_archives_exactly_what_the_server_served() {
         "--data-dir",
         data.to_str().unwrap(),
         "--grpc-bind",
+        "127.0.0.1:0",
+        "--http-bind",
         "127.0.0.1:0",
     ]
     .map(String::from)

@@ -236,10 +236,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ))
     })
     .collect();
-    let stop_grpc = CancellationToken::new();
+    let stop_servers = CancellationToken::new();
     let archive = (!args.pipeline.no_archive).then(|| args.pipeline.data_dir.clone());
-    let grpc = start_grpc(&args.grpc, Arc::clone(&store), archive, stop_grpc.clone()).await?;
-    let http = start_dashboard(&args.dashboard, Arc::clone(&store), stop_grpc.clone()).await?;
+    let grpc = start_grpc(
+        &args.grpc,
+        Arc::clone(&store),
+        archive,
+        stop_servers.clone(),
+    )
+    .await?;
+    let http = start_dashboard(&args.dashboard, Arc::clone(&store), stop_servers.clone()).await?;
 
     let process_stats = Arc::new(ProcessStats::default());
     let mut processor = Processor::new(
@@ -328,7 +334,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("source finished: still serving the dashboard and gRPC (Ctrl-C stops)");
         shutdown_signal().await;
     }
-    stop_grpc.cancel();
+    stop_servers.cancel();
     grpc.join().await?;
     http.join().await?;
     let rate =

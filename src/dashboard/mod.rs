@@ -65,11 +65,16 @@ impl DashboardServer {
         settings: Settings,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
+        // Missing files do not stop the process (gRPC and the JSON API still serve); the
+        // log says what to do and the page's requests answer 404 with the same advice.
         if !web_dir.join("index.html").is_file() {
-            anyhow::bail!("--web-dir {}: no index.html there", web_dir.display());
+            tracing::warn!(
+                "dashboard: --web-dir {} has no index.html: only the JSON API is served",
+                web_dir.display()
+            );
         }
         for (file, what) in [(PLOTLY, "Plotly.js"), (TOPOJSON, "the map's geography")] {
-            if !web_dir.join(file).exists() {
+            if web_dir.join("index.html").is_file() && !web_dir.join(file).exists() {
                 tracing::warn!(
                     "dashboard: {what} is missing ({}): run `npm ci --prefix {}`",
                     web_dir.join(file).display(),

@@ -281,7 +281,7 @@ async function soak(browser) {
     const used = await heapMiB(page);
     peak = Math.max(peak, used);
     samples.push(Number(used.toFixed(1)));
-    renderMs.push(Math.round(await page.evaluate(() => window.contrail.renderMs)));
+    renderMs.push(await page.evaluate(() => ({ total: Math.round(window.contrail.renderMs), ...window.contrail.renderParts })));
   }
   const stats = await page.evaluate(() => ({ snapshots: window.contrail.snapshots, renders: window.contrail.renders }));
   figure('js_heap_mib_peak', Number(peak.toFixed(1)), {

@@ -164,11 +164,19 @@ async function draw() {
       if (probe.firstDataPaint === null && s.summary.aircraft > 0) {
         requestAnimationFrame(() => { probe.firstDataPaint ??= performance.now(); });
       }
+      const tablesDone = performance.now();
       await plotly();
+      const mapStart = performance.now();
       await map.render($('map'), aircraft, selectedTrack);
       hookMap();
+      const mapDone = performance.now();
       await charts.render(aircraft, s.windows);
       showDetails(aircraft);
+      probe.renderParts = {
+        tables: Math.round(tablesDone - began),
+        map: Math.round(mapDone - mapStart),
+        charts: Math.round(performance.now() - mapDone),
+      };
       if (probe.firstMapPaint === null && aircraft.length > 0) probe.firstMapPaint = performance.now();
       probe.renders += 1;
       probe.renderedSnapshot = number;

@@ -116,7 +116,9 @@ export function render(el, aircraft, selectedTrack) {
     uirevision: revision,
     geo: {
       projection: { type: 'mercator' },
-      resolution: 50,
+      // 1:110m: each update redraws the base geography; at 1:50m that alone took ~450 ms
+      // (1,000 aircraft: 710 ms per update at 1:50m, 254 ms at 1:110m).
+      resolution: 110,
       showland: true, landcolor: '#1b2740',
       showocean: true, oceancolor: '#0b1424',
       showlakes: true, lakecolor: '#0b1424',

@@ -619,3 +619,78 @@ async fn streamed_windows_equal_one_batch_query_over_the_same_records() {
             .all(|r| json(r)["window_start"] != "2026-11-25T09:40:00Z")
     );
 }
+
+fn copy_sql(to: &Path) {
+    for f in ["clean.sql", "features.sql", "aggregate.sql"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(f),
+            to.join(f),
+        )
+        .unwrap();
+    }
+}
+
+fn phases(out: &[OutRecord]) -> std::collections::BTreeSet<String> {
+    split(out)
+        .0
+        .iter()
+        .map(|r| json(r)["flight_phase"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_sql(dir.path());
+    let features = dir.path().join("features.sql");
+    let original = std::fs::read_to_string(&features).unwrap();
+    let (mut p, stats) = processor_with_sql(dir.path().to_path_buf(), None).await;
+    let msgs = messages(&inputs()[..3000]);
+    let load = |s: &Arc<ProcessStats>| {
+        (
+            s.sql_reloads.load(std::sync::atomic::Ordering::Relaxed),
+            s.sql_rejections.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    // The reference: the shipped SQL over the same batches.
+    let (mut q, _) = processor(None).await;
+    let mut expected = Vec::new();
+    for c in msgs.chunks(1000) {
+        expected.push(q.process(c).await.unwrap());
+    }
+    let first = p.process(&msgs[..1000]).await.unwrap();
+    assert_eq!(first, expected[0]);
+
+    // A syntax error, then an edit that drops a contract column: both rejected, counted,
+    // and the batch runs on the last good plan.
+    std::fs::write(
+        &features,
+        original.replace("WITH units AS", "WITH units AS AS"),
+    )
+    .unwrap();
+    assert_eq!(p.process(&msgs[1000..2000]).await.unwrap(), expected[1]);
+    assert_eq!(load(&stats), (0, 1));
+    std::fs::write(
+        &features,
+        original.replace("END AS flight_phase", "END AS phase"),
+    )
+    .unwrap();
+    let third = p.process(&msgs[2000..]).await.unwrap();
+    assert_eq!(third, expected[2]);
+    assert_eq!(load(&stats), (0, 2));
+
+    // A good edit (approach renamed): swapped in for the next batch.
+    assert!(phases(&third).contains("approach"));
+    std::fs::write(
+        &features,
+        original.replace("THEN 'approach'", "THEN 'final'"),
+    )
+    .unwrap();
+    let out = p.process(&msgs[..1000]).await.unwrap();
+    assert_eq!(load(&stats), (1, 2));
+    let got = phases(&out);
+    assert!(
+        got.contains("final") && !got.contains("approach"),
+        "{got:?}"
+    );
+}

@@ -120,6 +120,9 @@ pub struct ProcessStats {
     pub anomalies: AtomicU64,
     pub model_reloads: AtomicU64,
     pub model_rejections: AtomicU64,
+    /// `sql/*.sql` edits planned, checked and swapped in / rejected.
+    pub sql_reloads: AtomicU64,
+    pub sql_rejections: AtomicU64,
     pub aircraft_windows: AtomicU64,
     pub windows: AtomicU64,
     pub restores: AtomicU64,
@@ -145,6 +148,10 @@ pub struct Processor {
     scorer: Scorer,
     /// Modification time of the model file when it was last (re)loaded.
     model_mtime: Option<SystemTime>,
+    /// Settings substituted into the SQL files, kept for reloads.
+    sql_vars: SqlVars,
+    /// The SQL files' contents as last loaded (or rejected), to notice edits.
+    sql_texts: Vec<Option<Vec<u8>>>,
     /// Processed batches kept for the caller (`contrail train`, `contrail features`).
     keep: Option<Vec<RecordBatch>>,
     /// State of every raw partition this processor owns.
@@ -229,6 +236,7 @@ impl Processor {
             }
             None => (Scorer::unfitted(), None),
         };
+        let sql_texts = sql_texts(&config.sql_dir);
         let sql = SqlPipeline::load(&config.sql_dir, &vars, &scorer).await?;
         let archive = config.archive_dir.as_deref().map(|root| Archives {
             processed: ArchiveWriter::new(root, "processed"),
@@ -252,6 +260,8 @@ impl Processor {
             stats,
             scorer,
             model_mtime,
+            sql_vars: vars,
+            sql_texts,
             keep: None,
             partitions: BTreeMap::new(),
             merger,
@@ -388,6 +398,29 @@ impl Processor {
         }
     }
 
+    /// Hot reload at a batch boundary: when a `sql/*.sql` file changed, the three files
+    /// are planned and checked against the output contract (as at start-up) and swapped
+    /// in; an edit that does not plan or breaks the contract is logged with the file and
+    /// the error, counted, and the last good plan keeps running.
+    async fn reload_sql_if_changed(&mut self) {
+        let texts = sql_texts(&self.config.sql_dir);
+        if texts == self.sql_texts {
+            return;
+        }
+        self.sql_texts = texts;
+        match SqlPipeline::load(&self.config.sql_dir, &self.sql_vars, &self.scorer).await {
+            Ok(sql) => {
+                tracing::info!(dir = %self.config.sql_dir.display(), "SQL files reloaded");
+                self.sql = sql;
+                self.stats.sql_reloads.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SQL edit rejected; the last good plan keeps running");
+                self.stats.sql_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Processes one micro-batch of raw records; returns the records to publish with its
     /// commit. See [`Processor::process_all`].
     pub async fn process(&mut self, messages: &[Message]) -> Result<Vec<OutRecord>> {
@@ -408,6 +441,7 @@ impl Processor {
         progress: &[Message],
     ) -> Result<Vec<OutRecord>> {
         self.reload_model_if_changed();
+        self.reload_sql_if_changed().await;
         let now = self.clock.now();
         let ranges = offset_ranges(raw.iter());
         self.restore(&ranges, progress).await?;
@@ -1015,6 +1049,17 @@ pub async fn run_process(
             processor.reset();
         }
     }
+}
+
+/// The pipeline's SQL files, in load order.
+const SQL_FILES: [&str; 3] = ["clean.sql", "features.sql", "aggregate.sql"];
+
+/// Contents of the SQL files (None where unreadable): a few KB, read once per batch.
+fn sql_texts(dir: &std::path::Path) -> Vec<Option<Vec<u8>>> {
+    SQL_FILES
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).ok())
+        .collect()
 }
 
 fn mtime(path: &std::path::Path) -> Option<SystemTime> {

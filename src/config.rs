@@ -21,8 +21,32 @@ pub struct Cli {
     #[arg(long, env = "CONTRAIL_LOG", default_value = "info", global = true)]
     pub log: String,
 
+    /// Log lines as human-readable `text` or one JSON object per line (`json`).
+    #[arg(
+        long,
+        env = "CONTRAIL_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Write logs to files in this folder, one per day (`contrail.log.YYYY-MM-DD`), instead
+    /// of stderr.
+    #[arg(long, env = "CONTRAIL_LOG_DIR", global = true)]
+    pub log_dir: Option<PathBuf>,
+
+    /// Daily log files kept in `--log-dir` (older ones are deleted).
+    #[arg(long, env = "CONTRAIL_LOG_MAX_FILES", default_value_t = 14, global = true, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub log_max_files: u64,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

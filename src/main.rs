@@ -3,7 +3,11 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
+use contrail::config::LogFormat;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -12,10 +16,43 @@ async fn main() -> std::process::ExitCode {
         eprintln!("error: invalid value '{}' for '--log': {e}", cli.log);
         std::process::exit(2);
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    // Logs go to stderr, or to daily files in --log-dir through a background writer (its
+    // guard flushes what is queued when main returns).
+    let (writer, _guard) = match &cli.log_dir {
+        Some(dir) => {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("error: --log-dir {}: {e}", dir.display());
+                std::process::exit(2);
+            }
+            let files = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix("contrail.log")
+                .max_log_files(usize::try_from(cli.log_max_files).unwrap_or(usize::MAX))
+                .build(dir)
+                .unwrap_or_else(|e| {
+                    eprintln!("error: --log-dir {}: {e}", dir.display());
+                    std::process::exit(2);
+                });
+            let (w, guard) = tracing_appender::non_blocking(files);
+            (
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(w),
+                Some(guard),
+            )
+        }
+        None => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            None,
+        ),
+    };
+    let ansi = cli.log_dir.is_none() && std::io::stderr().is_terminal();
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let layer = match cli.log_format {
+        LogFormat::Text => layer.with_ansi(ansi).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
         .init();
     match contrail::app::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

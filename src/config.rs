@@ -21,6 +21,10 @@ pub struct Cli {
     #[arg(long, env = "CONTRAIL_LOG", default_value = "info", global = true)]
     pub log: String,
 
+    /// Settings file (TOML; see contrail.example.toml) [default: contrail.toml when present].
+    #[arg(long, env = "CONTRAIL_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
     /// Log lines as human-readable `text` or one JSON object per line (`json`).
     #[arg(
         long,

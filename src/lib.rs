@@ -13,6 +13,7 @@ pub mod archive;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod dashboard;
 pub mod dead_letter;
 pub mod error;

@@ -9,8 +9,20 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // .env and contrail.toml fill unset CONTRAIL_* variables before clap reads them; this
+    // runs before any other thread exists.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match contrail::config_file::settings(&args) {
+        // SAFETY: single-threaded here: the runtime is built below.
+        Ok(vars) => vars
+            .into_iter()
+            .for_each(|(k, v)| unsafe { std::env::set_var(k, v) }),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     let cli = contrail::config::Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("error: invalid value '{}' for '--log': {e}", cli.log);
@@ -54,7 +66,11 @@ async fn main() -> std::process::ExitCode {
         .with(filter)
         .with(layer)
         .init();
-    match contrail::app::run(cli).await {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(contrail::app::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -18,6 +18,7 @@ pub mod dashboard;
 pub mod dead_letter;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod query;

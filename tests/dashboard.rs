@@ -264,6 +264,25 @@ fn json_api_and_events() {
         assert!(message.starts_with(starts), "{path}: {message}");
     }
 
+    // Prometheus metrics, health and readiness on the same port.
+    let (status, metrics) = demo.get("/metrics");
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let records = summary["records"].as_u64().unwrap();
+    assert_eq!(value("contrail_store_states_total"), records);
+    assert_eq!(value("contrail_process_processed_total"), records);
+    assert!(value("contrail_ingest_published_total") >= records);
+    assert_eq!(value("contrail_store_ready"), 1);
+    assert_eq!(demo.get("/health").0, 200);
+    assert_eq!(demo.get("/ready").0, 200);
+
     // The page and its modules.
     let (status, html) = demo.get("/");
     assert_eq!(status, 200);
@@ -382,4 +401,30 @@ fn dashboard_in_chromium() {
     assert!(stdout.contains("figure: {\"name\":\"first_paint_with_data_ms\""));
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 50_000);
+}
+
+#[tokio::test]
+async fn ready_waits_for_the_live_store() {
+    use contrail::query::store::{LiveStore, StoreLimits};
+    let store = std::sync::Arc::new(LiveStore::new(StoreLimits::default()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = contrail::dashboard::DashboardServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        std::sync::Arc::clone(&store),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("web"),
+        contrail::dashboard::snapshot::Settings {
+            stale_after: 30_000_000,
+            track_timeout: 300_000_000,
+        },
+        std::sync::Arc::new(|_| {}),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/ready", server.local_addr);
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 503);
+    store.set_ready();
+    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    stop.cancel();
+    server.join().await.unwrap();
 }

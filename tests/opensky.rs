@@ -643,6 +643,24 @@ async fn ingest_from_opensky_into_kafka() {
         "{health}"
     );
     assert_eq!(health["records"]["published"], 150, "{health}");
+    // The same counters for Prometheus.
+    let metrics = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "contrail_opensky_polls_total 1",
+        "contrail_opensky_credits_remaining 396",
+        "contrail_ingest_published_total 150",
+        "# TYPE contrail_ingest_read_total counter",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()

@@ -1,6 +1,7 @@
 //! The ingest process's HTTP endpoint: `GET /health` answers 200 with its counters as JSON
 //! (records read, published, duplicates, dead-lettered by reason, and the source's own:
-//! OpenSky polls, failures by kind, credits left).
+//! OpenSky polls, failures by kind, credits left); `GET /metrics` has the same counters in
+//! Prometheus text format.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +32,21 @@ impl HealthServer {
             .await
             .with_context(|| format!("--http-bind {bind}: cannot listen"))?;
         let local_addr = listener.local_addr()?;
-        let app = Router::new().route(
+        let metrics = {
+            let (stats, source_health) = (Arc::clone(&stats), source_health.clone());
+            move || {
+                let (stats, source_health) = (Arc::clone(&stats), source_health.clone());
+                async move {
+                    let mut e = crate::metrics::Exposition::default();
+                    crate::metrics::ingest(&mut e, &stats);
+                    if let Some(h) = source_health {
+                        crate::metrics::source(&mut e, &h());
+                    }
+                    e.into_response()
+                }
+            }
+        };
+        let app = Router::new().route("/metrics", get(metrics)).route(
             "/health",
             get(move || {
                 let (stats, source_health) = (Arc::clone(&stats), source_health.clone());

@@ -245,9 +245,23 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         stop_servers.clone(),
     )
     .await?;
-    let http = start_dashboard(&args.dashboard, Arc::clone(&store), stop_servers.clone()).await?;
-
     let process_stats = Arc::new(ProcessStats::default());
+    let ingest_stats = Arc::new(IngestStats::default());
+    let metrics: crate::metrics::MetricsFn = {
+        let (i, p) = (Arc::clone(&ingest_stats), Arc::clone(&process_stats));
+        Arc::new(move |e| {
+            crate::metrics::ingest(e, &i);
+            crate::metrics::process(e, &p);
+        })
+    };
+    let http = start_dashboard(
+        &args.dashboard,
+        Arc::clone(&store),
+        metrics,
+        stop_servers.clone(),
+    )
+    .await?;
+
     let mut processor = Processor::new(
         process_config(&args.pipeline, &topics, false),
         Arc::clone(&clock),
@@ -261,7 +275,6 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("dead letters: {}", absolute(&dl_path).display());
 
     let mut source = build_source(&args.source)?;
-    let ingest_stats = Arc::new(IngestStats::default());
     let ingest_topics = IngestTopics {
         raw: topics.topic_raw.clone(),
         dead_letter: topics.topic_dead_letter.clone(),
@@ -388,6 +401,7 @@ async fn start_grpc(
 async fn start_dashboard(
     d: &DashboardArgs,
     store: Arc<LiveStore>,
+    metrics: crate::metrics::MetricsFn,
     stop: CancellationToken,
 ) -> anyhow::Result<DashboardServer> {
     let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
@@ -395,8 +409,15 @@ async fn start_dashboard(
         stale_after: us(d.stale_after),
         track_timeout: us(d.track_timeout),
     };
-    let server =
-        DashboardServer::start(d.http_bind, store, d.web_dir.clone(), settings, stop).await?;
+    let server = DashboardServer::start(
+        d.http_bind,
+        store,
+        d.web_dir.clone(),
+        settings,
+        metrics,
+        stop,
+    )
+    .await?;
     println!("dashboard: http://{}/", server.local_addr);
     Ok(server)
 }
@@ -436,7 +457,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stop.clone(),
     )
     .await?;
-    let http = start_dashboard(&args.dashboard, Arc::clone(&store), stop.clone()).await?;
+    let http = start_dashboard(
+        &args.dashboard,
+        Arc::clone(&store),
+        Arc::new(|_| {}),
+        stop.clone(),
+    )
+    .await?;
     shutdown_signal().await;
     println!("stopping: signal received");
     stop.cancel();

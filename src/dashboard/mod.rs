@@ -7,6 +7,9 @@
 //!   `/api/windows`, `/api/snapshot`: JSON.
 //! - `/api/stream`: server-sent events, one `snapshot` event every `interval` seconds.
 //!
+//! - `/metrics` (Prometheus text), `/health` (alive), `/ready` (503 until the live store has
+//!   read what the output topics held at start).
+//!
 //! Query parameters are checked: a bad or unknown one is a 400 whose message names it.
 
 pub mod snapshot;
@@ -28,6 +31,7 @@ use futures::StreamExt as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Exposition, MetricsFn};
 use crate::query::store::LiveStore;
 use snapshot::{Filter, Settings, View};
 
@@ -40,6 +44,7 @@ struct App {
     settings: Settings,
     web_dir: Arc<PathBuf>,
     stop: CancellationToken,
+    metrics: MetricsFn,
 }
 
 impl App {
@@ -63,6 +68,7 @@ impl DashboardServer {
         store: Arc<LiveStore>,
         web_dir: PathBuf,
         settings: Settings,
+        metrics: MetricsFn,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         // Missing files do not stop the process (gRPC and the JSON API still serve); the
@@ -91,6 +97,7 @@ impl DashboardServer {
             settings,
             web_dir: Arc::new(web_dir),
             stop: stop.clone(),
+            metrics,
         };
         let router = Router::new()
             .route("/", get(index))
@@ -104,6 +111,12 @@ impl DashboardServer {
             .route("/api/windows", get(windows))
             .route("/api/snapshot", get(snapshot))
             .route("/api/stream", get(stream))
+            .route("/metrics", get(metrics_page))
+            .route(
+                "/health",
+                get(|| async { axum::Json(json!({ "status": "ok" })) }),
+            )
+            .route("/ready", get(ready))
             .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page".into()) })
             .with_state(app);
         let task = tokio::spawn(async move {
@@ -295,6 +308,25 @@ async fn stream(State(app): State<App>, Query(raw): Query<HashMap<String, String
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+async fn metrics_page(State(app): State<App>) -> Response {
+    let mut e = Exposition::default();
+    (app.metrics)(&mut e);
+    crate::metrics::store(&mut e, &app.store);
+    e.into_response()
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    if app.store.is_ready() {
+        axum::Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "ready": false, "waiting_for": "the live store to read the output topics" })),
+        )
+            .into_response()
+    }
 }
 
 fn content_type(path: &Path) -> &'static str {

@@ -1,0 +1,276 @@
+//! Prometheus text exposition (format 0.0.4) of Contrail's counters, written by hand: a
+//! few dozen series do not need a metrics library. `/metrics` on each process's HTTP port
+//! serves what that process has: ingest and OpenSky counters, process-stage counters, the
+//! live store's.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::ingest::IngestStats;
+use crate::pipeline::ProcessStats;
+use crate::query::store::LiveStore;
+
+/// What a process adds to its `/metrics` page.
+pub type MetricsFn = Arc<dyn Fn(&mut Exposition) + Send + Sync>;
+
+/// A page of metrics being written.
+#[derive(Default)]
+pub struct Exposition(String);
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Exposition {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", l.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A counter (`name` ends in `_total`).
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.head(name, "counter", help);
+        self.sample(name, &[], value as f64);
+    }
+
+    /// A counter with one label.
+    pub fn counter_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        self.head(name, "counter", help);
+        for (v, n) in values {
+            self.sample(name, &[(label, v)], *n as f64);
+        }
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.head(name, "gauge", help);
+        self.sample(name, &[], value);
+    }
+
+    pub fn into_response(self) -> Response {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            self.0,
+        )
+            .into_response()
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The ingest stage's counters.
+pub fn ingest(e: &mut Exposition, s: &IngestStats) {
+    e.counter(
+        "contrail_ingest_read_total",
+        "Records read from the source.",
+        get(&s.read),
+    );
+    e.counter(
+        "contrail_ingest_published_total",
+        "Valid records published to the raw topic.",
+        get(&s.published),
+    );
+    e.counter(
+        "contrail_ingest_duplicates_total",
+        "Repeated reports dropped (same icao24 and last_contact).",
+        get(&s.duplicates),
+    );
+    let rejected = s.rejected.lock().expect("stats lock").clone();
+    let by: Vec<(&str, u64)> = rejected.iter().map(|(k, v)| (*k, *v)).collect();
+    e.counter_by(
+        "contrail_ingest_dead_lettered_total",
+        "Records sent to the dead-letter topic, by reason code.",
+        "reason",
+        &by,
+    );
+}
+
+/// The OpenSky source's counters, from its health JSON.
+pub fn source(e: &mut Exposition, health: &serde_json::Value) {
+    let n = |k: &str| health.get(k).and_then(serde_json::Value::as_u64);
+    if let Some(v) = n("polls") {
+        e.counter(
+            "contrail_opensky_polls_total",
+            "Successful OpenSky polls.",
+            v,
+        );
+    }
+    if let Some(kinds) = health
+        .get("failures_by_kind")
+        .and_then(serde_json::Value::as_object)
+    {
+        let by: Vec<(&str, u64)> = kinds
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.as_u64()?)))
+            .collect();
+        e.counter_by(
+            "contrail_opensky_failures_total",
+            "Failed OpenSky polls, by kind.",
+            "kind",
+            &by,
+        );
+    }
+    if let Some(v) = n("unchanged") {
+        e.counter(
+            "contrail_opensky_unchanged_total",
+            "States skipped because they had not changed since the previous poll.",
+            v,
+        );
+    }
+    if let Some(v) = health
+        .get("credits_remaining")
+        .and_then(serde_json::Value::as_f64)
+    {
+        e.gauge(
+            "contrail_opensky_credits_remaining",
+            "API credits left, from X-Rate-Limit-Remaining.",
+            v,
+        );
+    }
+}
+
+/// The process stage's counters.
+pub fn process(e: &mut Exposition, s: &ProcessStats) {
+    for (name, help, c) in [
+        (
+            "contrail_process_consumed_total",
+            "Raw records consumed.",
+            &s.consumed,
+        ),
+        (
+            "contrail_process_processed_total",
+            "Records written to the processed topic.",
+            &s.processed,
+        ),
+        (
+            "contrail_process_dead_lettered_total",
+            "Records the process stage dead-lettered.",
+            &s.dead_lettered,
+        ),
+        (
+            "contrail_process_late_total",
+            "Records behind the watermark (also on the late topic).",
+            &s.late,
+        ),
+        (
+            "contrail_process_anomalies_total",
+            "Records scored as anomalies.",
+            &s.anomalies,
+        ),
+        (
+            "contrail_process_batches_total",
+            "Micro-batches processed.",
+            &s.batches,
+        ),
+        (
+            "contrail_process_windows_total",
+            "Global windows emitted.",
+            &s.windows,
+        ),
+        (
+            "contrail_process_aircraft_windows_total",
+            "Per-aircraft windows emitted.",
+            &s.aircraft_windows,
+        ),
+        (
+            "contrail_process_archive_files_total",
+            "Parquet files written.",
+            &s.archive_files,
+        ),
+        (
+            "contrail_process_model_reloads_total",
+            "Model files swapped in while running.",
+            &s.model_reloads,
+        ),
+        (
+            "contrail_process_model_rejections_total",
+            "Model files rejected while running.",
+            &s.model_rejections,
+        ),
+        (
+            "contrail_process_sql_reloads_total",
+            "sql/*.sql edits swapped in while running.",
+            &s.sql_reloads,
+        ),
+        (
+            "contrail_process_sql_rejections_total",
+            "sql/*.sql edits rejected while running.",
+            &s.sql_rejections,
+        ),
+    ] {
+        e.counter(name, help, get(c));
+    }
+}
+
+/// The live store's counters and sizes.
+pub fn store(e: &mut Exposition, s: &LiveStore) {
+    e.counter(
+        "contrail_store_states_total",
+        "Processed states the live store took in.",
+        get(&s.states),
+    );
+    e.counter(
+        "contrail_store_rejected_total",
+        "Output-topic payloads the live store could not read.",
+        get(&s.rejected),
+    );
+    e.gauge(
+        "contrail_store_aircraft",
+        "Aircraft held in the live store.",
+        s.aircraft_count() as f64,
+    );
+    e.gauge(
+        "contrail_store_ready",
+        "1 when the live store has read what the topics held at start.",
+        f64::from(u8::from(s.is_ready())),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_follows_the_text_format() {
+        let mut e = Exposition::default();
+        e.counter("a_total", "A thing.", 3);
+        e.counter_by(
+            "b_total",
+            "B by reason.",
+            "reason",
+            &[("x\"y", 2), ("z", 0)],
+        );
+        e.gauge("c", "C.", 1.5);
+        assert_eq!(
+            e.text(),
+            "# HELP a_total A thing.\n# TYPE a_total counter\na_total 3\n\
+             # HELP b_total B by reason.\n# TYPE b_total counter\nb_total{reason=\"x\\\"y\"} 2\nb_total{reason=\"z\"} 0\n\
+             # HELP c C.\n# TYPE c gauge\nc 1.5\n"
+        );
+    }
+}

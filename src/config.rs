@@ -490,6 +490,9 @@ pub struct ProcessArgs {
     /// Seconds between two status log lines.
     #[arg(long, env = "CONTRAIL_STATUS_INTERVAL", default_value_t = 5.0, value_parser = positive_seconds)]
     pub status_interval: f64,
+    /// Address of the HTTP endpoint (`/metrics`, `/health`, `/ready`); port 0 picks one.
+    #[arg(long, env = "CONTRAIL_HTTP_BIND", default_value = "127.0.0.1:8503")]
+    pub http_bind: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]

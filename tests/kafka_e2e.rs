@@ -143,6 +143,8 @@ fn simulator_through_kafka_exactly_once_with_archive() {
         with(
             &["process"],
             &[
+                "--http-bind".into(),
+                "127.0.0.1:0".into(),
                 "--group-id".into(),
                 t("group"),
                 "--data-dir".into(),

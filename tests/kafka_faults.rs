@@ -91,6 +91,8 @@ impl Run {
         args.extend(self.topic_flags());
         args.extend(
             [
+                "--http-bind",
+                "127.0.0.1:0",
                 "--group-id",
                 &self.group(),
                 "--instance-id",

@@ -76,6 +76,56 @@ impl HealthServer {
         Ok(Self { local_addr, task })
     }
 
+    /// `contrail process`'s endpoint: `/metrics` (the stage's counters), `/health` (alive)
+    /// and `/ready` (200 once topics, model and SQL were checked and the consumer created).
+    pub async fn process(
+        bind: SocketAddr,
+        stats: Arc<crate::pipeline::ProcessStats>,
+        ready: Arc<std::sync::atomic::AtomicBool>,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("--http-bind {bind}: cannot listen"))?;
+        let local_addr = listener.local_addr()?;
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let stats = Arc::clone(&stats);
+                    async move {
+                        let mut e = crate::metrics::Exposition::default();
+                        crate::metrics::process(&mut e, &stats);
+                        e.into_response()
+                    }
+                }),
+            )
+            .route(
+                "/health",
+                get(|| async { axum::Json(json!({ "status": "ok" })) }),
+            )
+            .route(
+                "/ready",
+                get(move || {
+                    let ready = ready.load(Ordering::Acquire);
+                    async move {
+                        let status = if ready {
+                            axum::http::StatusCode::OK
+                        } else {
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        (status, axum::Json(json!({ "ready": ready })))
+                    }
+                }),
+            );
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        Ok(Self { local_addr, task })
+    }
+
     pub async fn join(self) -> anyhow::Result<()> {
         self.task.await??;
         Ok(())

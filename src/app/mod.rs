@@ -603,6 +603,16 @@ fn log_ingest(stats: &IngestStats) {
 async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let bootstrap = args.kafka.bootstrap();
     let stats = Arc::new(ProcessStats::default());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_http = CancellationToken::new();
+    let http = health::HealthServer::process(
+        args.http_bind,
+        Arc::clone(&stats),
+        Arc::clone(&ready),
+        stop_http.clone(),
+    )
+    .await?;
+    println!("http: {} (/metrics, /health, /ready)", http.local_addr);
     let t = &args.topics;
     let raw_partitions = partition_count(&bootstrap, &t.topic_raw).await?;
     let changelog_partitions = partition_count(&bootstrap, &t.topic_window_state).await?;
@@ -650,6 +660,7 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
         tracing::warn!("--no-transactions: at-least-once; outputs may repeat after a failure");
     }
     tracing::info!(%bootstrap, group = %args.group_id, topic = %args.topics.topic_raw, "processing");
+    ready.store(true, Ordering::Release);
     let stop = CancellationToken::new();
     // Throughput counts from the first record, not from start-up and the group join.
     let started = std::sync::OnceLock::new();
@@ -686,6 +697,8 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
         () = signal => {}
     }
     log_process(&stats, started.get());
+    stop_http.cancel();
+    http.join().await?;
     Ok(())
 }
 

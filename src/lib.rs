@@ -17,6 +17,7 @@ pub mod config_file;
 pub mod dashboard;
 pub mod dead_letter;
 pub mod error;
+pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

@@ -408,7 +408,7 @@ async fn ready_waits_for_the_live_store() {
     use contrail::query::store::{LiveStore, StoreLimits};
     let store = std::sync::Arc::new(LiveStore::new(StoreLimits::default()));
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = contrail::dashboard::DashboardServer::start(
+    let server = contrail::dashboard::start(
         "127.0.0.1:0".parse().unwrap(),
         std::sync::Arc::clone(&store),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("web"),

@@ -25,9 +25,9 @@ use crate::config::{
     ServeArgs, SourceArgs, SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs,
 };
 use crate::config::{OpenSkyArgs, RecordArgs, SimulatorArgs};
-use crate::dashboard::DashboardServer;
 use crate::dashboard::snapshot::Settings;
 use crate::dead_letter::DeadLetter;
+use crate::http::HttpServer;
 use crate::ingest::opensky::{ClientConfig, Credentials, OpenSkyClient, OpenSkySource, PollConfig};
 use crate::ingest::replay::ReplaySource;
 use crate::ingest::simulator::SimulatorConfig;
@@ -403,13 +403,13 @@ async fn start_dashboard(
     store: Arc<LiveStore>,
     metrics: crate::metrics::MetricsFn,
     stop: CancellationToken,
-) -> anyhow::Result<DashboardServer> {
+) -> anyhow::Result<HttpServer> {
     let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
     let settings = Settings {
         stale_after: us(d.stale_after),
         track_timeout: us(d.track_timeout),
     };
-    let server = DashboardServer::start(
+    let server = crate::dashboard::start(
         d.http_bind,
         store,
         d.web_dir.clone(),
@@ -546,15 +546,17 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     let stop_http = CancellationToken::new();
-    let http = health::HealthServer::start(
+    let http = HttpServer::start(
         args.http_bind,
-        match args.source.source {
-            SourceKind::Simulator => "simulator",
-            SourceKind::Opensky => "opensky",
-            SourceKind::Replay => "replay",
-        },
-        Arc::clone(&stats),
-        source.health(),
+        health::ingest_router(
+            match args.source.source {
+                SourceKind::Simulator => "simulator",
+                SourceKind::Opensky => "opensky",
+                SourceKind::Replay => "replay",
+            },
+            Arc::clone(&stats),
+            source.health(),
+        ),
         stop_http.clone(),
     )
     .await?;
@@ -605,10 +607,9 @@ async fn process(args: ProcessArgs) -> anyhow::Result<()> {
     let stats = Arc::new(ProcessStats::default());
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_http = CancellationToken::new();
-    let http = health::HealthServer::process(
+    let http = HttpServer::start(
         args.http_bind,
-        Arc::clone(&stats),
-        Arc::clone(&ready),
+        health::process_router(Arc::clone(&stats), Arc::clone(&ready)),
         stop_http.clone(),
     )
     .await?;

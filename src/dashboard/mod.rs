@@ -20,7 +20,6 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
@@ -31,6 +30,7 @@ use futures::StreamExt as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::HttpServer;
 use crate::metrics::{Exposition, MetricsFn};
 use crate::query::store::LiveStore;
 use snapshot::{Filter, Settings, View};
@@ -57,80 +57,60 @@ impl App {
     }
 }
 
-pub struct DashboardServer {
-    pub local_addr: SocketAddr,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl DashboardServer {
-    pub async fn start(
-        bind: SocketAddr,
-        store: Arc<LiveStore>,
-        web_dir: PathBuf,
-        settings: Settings,
-        metrics: MetricsFn,
-        stop: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        // Missing files do not stop the process (gRPC and the JSON API still serve); the
-        // log says what to do and the page's requests answer 404 with the same advice.
-        if !web_dir.join("index.html").is_file() {
+/// Serves the dashboard on `bind` until `stop`.
+pub async fn start(
+    bind: SocketAddr,
+    store: Arc<LiveStore>,
+    web_dir: PathBuf,
+    settings: Settings,
+    metrics: MetricsFn,
+    stop: CancellationToken,
+) -> anyhow::Result<HttpServer> {
+    // Missing files do not stop the process (gRPC and the JSON API still serve); the
+    // log says what to do and the page's requests answer 404 with the same advice.
+    if !web_dir.join("index.html").is_file() {
+        tracing::warn!(
+            "dashboard: --web-dir {} has no index.html: only the JSON API is served",
+            web_dir.display()
+        );
+    }
+    for (file, what) in [(PLOTLY, "Plotly.js"), (TOPOJSON, "the map's geography")] {
+        if web_dir.join("index.html").is_file() && !web_dir.join(file).exists() {
             tracing::warn!(
-                "dashboard: --web-dir {} has no index.html: only the JSON API is served",
+                "dashboard: {what} is missing ({}): run `npm ci --prefix {}`",
+                web_dir.join(file).display(),
                 web_dir.display()
             );
         }
-        for (file, what) in [(PLOTLY, "Plotly.js"), (TOPOJSON, "the map's geography")] {
-            if web_dir.join("index.html").is_file() && !web_dir.join(file).exists() {
-                tracing::warn!(
-                    "dashboard: {what} is missing ({}): run `npm ci --prefix {}`",
-                    web_dir.join(file).display(),
-                    web_dir.display()
-                );
-            }
-        }
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("--http-bind {bind}: cannot listen"))?;
-        let local_addr = listener.local_addr()?;
-        let app = App {
-            store,
-            settings,
-            web_dir: Arc::new(web_dir),
-            stop: stop.clone(),
-            metrics,
-        };
-        let router = Router::new()
-            .route("/", get(index))
-            .route("/app/{*path}", get(app_file))
-            .route("/vendor/plotly.js", get(plotly))
-            .route("/vendor/topojson/{file}", get(topojson))
-            .route("/api/summary", get(summary))
-            .route("/api/aircraft", get(aircraft))
-            .route("/api/aircraft/{icao24}", get(one_aircraft))
-            .route("/api/anomalies", get(anomalies))
-            .route("/api/windows", get(windows))
-            .route("/api/snapshot", get(snapshot))
-            .route("/api/stream", get(stream))
-            .route("/metrics", get(metrics_page))
-            .route(
-                "/health",
-                get(|| async { axum::Json(json!({ "status": "ok" })) }),
-            )
-            .route("/ready", get(ready))
-            .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page".into()) })
-            .with_state(app);
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
-        Ok(Self { local_addr, task })
     }
-
-    pub async fn join(self) -> anyhow::Result<()> {
-        self.task.await??;
-        Ok(())
-    }
+    let app = App {
+        store,
+        settings,
+        web_dir: Arc::new(web_dir),
+        stop: stop.clone(),
+        metrics,
+    };
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/app/{*path}", get(app_file))
+        .route("/vendor/plotly.js", get(plotly))
+        .route("/vendor/topojson/{file}", get(topojson))
+        .route("/api/summary", get(summary))
+        .route("/api/aircraft", get(aircraft))
+        .route("/api/aircraft/{icao24}", get(one_aircraft))
+        .route("/api/anomalies", get(anomalies))
+        .route("/api/windows", get(windows))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/stream", get(stream))
+        .route("/metrics", get(metrics_page))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
+        .route("/ready", get(ready))
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page".into()) })
+        .with_state(app);
+    HttpServer::start(bind, router, stop).await
 }
 
 const PLOTLY: &str = "node_modules/plotly.js-dist-min/plotly.min.js";

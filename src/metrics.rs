@@ -14,6 +14,61 @@ use crate::ingest::IngestStats;
 use crate::pipeline::ProcessStats;
 use crate::query::store::LiveStore;
 
+/// Upper bounds of a histogram's buckets (`+Inf` is implied).
+pub trait Buckets {
+    const BOUNDS: &'static [f64];
+}
+
+/// Records per micro-batch.
+#[derive(Debug)]
+pub struct RecordBuckets;
+impl Buckets for RecordBuckets {
+    const BOUNDS: &'static [f64] = &[
+        1.0, 10.0, 100.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 20_000.0, 50_000.0,
+    ];
+}
+
+/// Seconds, from a millisecond to a minute.
+#[derive(Debug)]
+pub struct SecondBuckets;
+impl Buckets for SecondBuckets {
+    const BOUNDS: &'static [f64] = &[
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ];
+}
+
+/// A Prometheus histogram, updated without locks.
+#[derive(Debug)]
+pub struct Histogram<B: Buckets> {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    counts: Vec<AtomicU64>,
+    /// The sum of observations, as f64 bits.
+    sum: AtomicU64,
+    _buckets: std::marker::PhantomData<B>,
+}
+
+impl<B: Buckets> Default for Histogram<B> {
+    fn default() -> Self {
+        Self {
+            counts: (0..=B::BOUNDS.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+            _buckets: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<B: Buckets> Histogram<B> {
+    pub fn observe(&self, v: f64) {
+        let i = B::BOUNDS.partition_point(|b| *b < v);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+}
+
 /// What a process adds to its `/metrics` page.
 pub type MetricsFn = Arc<dyn Fn(&mut Exposition) + Send + Sync>;
 
@@ -56,6 +111,23 @@ impl Exposition {
         for (v, n) in values {
             self.sample(name, &[(label, v)], *n as f64);
         }
+    }
+
+    pub fn histogram<B: Buckets>(&mut self, name: &str, help: &str, h: &Histogram<B>) {
+        self.head(name, "histogram", help);
+        let mut cumulative = 0;
+        let bucket = format!("{name}_bucket");
+        for (i, c) in h.counts.iter().enumerate() {
+            cumulative += get(c);
+            let le = B::BOUNDS.get(i).map_or("+Inf".to_string(), f64::to_string);
+            self.sample(&bucket, &[("le", &le)], cumulative as f64);
+        }
+        self.sample(
+            &format!("{name}_sum"),
+            &[],
+            f64::from_bits(h.sum.load(Ordering::Relaxed)),
+        );
+        self.sample(&format!("{name}_count"), &[], cumulative as f64);
     }
 
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
@@ -225,6 +297,16 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
     ] {
         e.counter(name, help, get(c));
     }
+    e.histogram(
+        "contrail_process_batch_records",
+        "Raw records per micro-batch.",
+        &s.batch_records,
+    );
+    e.histogram(
+        "contrail_process_batch_seconds",
+        "Time to process and commit one micro-batch (SQL, scoring, windows, archive, transaction).",
+        &s.batch_seconds,
+    );
 }
 
 /// The live store's counters and sizes.
@@ -254,6 +336,29 @@ pub fn store(e: &mut Exposition, s: &LiveStore) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let h = Histogram::<RecordBuckets>::default();
+        for v in [1.0, 5.0, 100.0, 30_000.0, 90_000.0] {
+            h.observe(v);
+        }
+        let mut e = Exposition::default();
+        e.histogram("h", "H.", &h);
+        let t = e.text();
+        for line in [
+            "h_bucket{le=\"1\"} 1",
+            "h_bucket{le=\"10\"} 2",
+            "h_bucket{le=\"100\"} 3",
+            "h_bucket{le=\"20000\"} 3",
+            "h_bucket{le=\"50000\"} 4",
+            "h_bucket{le=\"+Inf\"} 5",
+            "h_sum 120106",
+            "h_count 5",
+        ] {
+            assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
+        }
+    }
 
     #[test]
     fn exposition_follows_the_text_format() {

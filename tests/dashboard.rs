@@ -280,6 +280,16 @@ fn json_api_and_events() {
     assert_eq!(value("contrail_process_processed_total"), records);
     assert!(value("contrail_ingest_published_total") >= records);
     assert_eq!(value("contrail_store_ready"), 1);
+    // Every consumed record went through one observed micro-batch.
+    assert_eq!(
+        value("contrail_process_batch_records_sum"),
+        value("contrail_process_consumed_total")
+    );
+    assert_eq!(
+        value("contrail_process_batch_records_count"),
+        value("contrail_process_batch_seconds_count")
+    );
+    assert!(value("contrail_process_batch_records_count") > 1);
     assert_eq!(demo.get("/health").0, 200);
     assert_eq!(demo.get("/ready").0, 200);
 

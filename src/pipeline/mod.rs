@@ -127,6 +127,9 @@ pub struct ProcessStats {
     pub windows: AtomicU64,
     pub restores: AtomicU64,
     pub uncommitted_files_removed: AtomicU64,
+    /// Raw records per micro-batch, and the time to process and commit each.
+    pub batch_records: crate::metrics::Histogram<crate::metrics::RecordBuckets>,
+    pub batch_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
 }
 
 /// The Parquet datasets the stage writes.
@@ -1036,10 +1039,18 @@ pub async fn run_process(
         let (progress, raw): (Vec<Message>, Vec<Message>) = messages
             .into_iter()
             .partition(|m| Some(&m.topic) == partials.as_ref());
+        let started = std::time::Instant::now();
         let result = match processor.process_all(&raw, &progress).await {
             Ok(outputs) => consumer.commit(outputs).await,
             Err(e) => Err(e),
         };
+        if result.is_ok() {
+            processor.stats.batch_records.observe(raw.len() as f64);
+            processor
+                .stats
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         if let Err(e) = result {
             if !e.is_retryable() {
                 return Err(e);

@@ -295,19 +295,18 @@ impl Filter {
     }
 }
 
+/// The aircraft's latest report time and map item, when that report is at or after
+/// `cutoff` (the aircraft is tracked).
+fn tracked_item(track: &VecDeque<State>, cutoff: i64) -> Option<(i64, AircraftItem)> {
+    let at = state_micros(track.back()?);
+    (at >= cutoff).then(|| Some((at, aircraft_item(track)?)))?
+}
+
 /// The tracked aircraft (newest report first; ties by icao24) as map items.
-fn tracked(
-    aircraft: &HashMap<String, VecDeque<State>>,
-    newest: i64,
-    settings: &Settings,
-) -> Vec<(i64, AircraftItem)> {
-    let cutoff = newest.saturating_sub(settings.track_timeout);
+fn tracked(aircraft: &HashMap<String, VecDeque<State>>, cutoff: i64) -> Vec<(i64, AircraftItem)> {
     let mut items: Vec<(i64, AircraftItem)> = aircraft
         .values()
-        .filter_map(|t| {
-            let at = state_micros(t.back()?);
-            (at >= cutoff).then(|| Some((at, aircraft_item(t)?)))?
-        })
+        .filter_map(|t| tracked_item(t, cutoff))
         .collect();
     items.sort_by(|(a, x), (b, y)| b.cmp(a).then_with(|| x.icao24.cmp(&y.icao24)));
     items
@@ -321,15 +320,22 @@ pub struct View<'a> {
 }
 
 impl View<'_> {
-    fn newest(&self) -> Option<i64> {
-        self.store.activity().0
+    /// Reports older than this (microseconds) are not tracked: `track_timeout` before the
+    /// newest record.
+    fn cutoff(&self, newest: i64) -> i64 {
+        newest.saturating_sub(self.settings.track_timeout)
+    }
+
+    /// The tracked aircraft, given the newest record's time (none before any record).
+    fn tracked_items(&self, newest: Option<i64>) -> Vec<(i64, AircraftItem)> {
+        newest.map_or_else(Vec::new, |n| {
+            self.store.with_aircraft(|a| tracked(a, self.cutoff(n)))
+        })
     }
 
     pub fn summary(&self) -> Summary {
         let (newest, activity) = self.store.activity();
-        let items = newest.map_or_else(Vec::new, |n| {
-            self.store.with_aircraft(|a| tracked(a, n, &self.settings))
-        });
+        let items = self.tracked_items(newest);
         self.summary_of(newest, &activity, &items)
     }
 
@@ -386,20 +392,16 @@ impl View<'_> {
     }
 
     pub fn aircraft(&self, filter: &Filter, limit: usize) -> AircraftList {
-        let items = self.newest().map_or_else(Vec::new, |n| {
-            self.store.with_aircraft(|a| tracked(a, n, &self.settings))
-        });
+        let items = self.tracked_items(self.store.newest());
         list(&items, filter, limit)
     }
 
     /// The aircraft's map item while it is tracked.
     pub fn tracked_aircraft(&self, icao24: &str) -> Option<AircraftItem> {
-        let newest = self.newest()?;
-        let cutoff = newest.saturating_sub(self.settings.track_timeout);
-        self.store.with_aircraft(|a| {
-            let track = a.get(icao24)?;
-            (state_micros(track.back()?) >= cutoff).then(|| aircraft_item(track))?
-        })
+        let cutoff = self.cutoff(self.store.newest()?);
+        self.store
+            .with_aircraft(|a| tracked_item(a.get(icao24)?, cutoff))
+            .map(|(_, item)| item)
     }
 
     pub fn anomalies(&self, limit: usize) -> Vec<AnomalyItem> {
@@ -418,9 +420,7 @@ impl View<'_> {
 
     pub fn snapshot(&self, filter: &Filter, limit: usize) -> Snapshot {
         let (newest, activity) = self.store.activity();
-        let items = newest.map_or_else(Vec::new, |n| {
-            self.store.with_aircraft(|a| tracked(a, n, &self.settings))
-        });
+        let items = self.tracked_items(newest);
         Snapshot {
             summary: self.summary_of(newest, &activity, &items),
             aircraft: list(&items, filter, limit),

@@ -419,6 +419,11 @@ impl LiveStore {
         )
     }
 
+    /// Event time of the newest record (microseconds), if any arrived.
+    pub fn newest(&self) -> Option<i64> {
+        self.inner.read().expect("store lock").newest
+    }
+
     /// Wall-clock time (microseconds) the newest state arrived, if any did.
     pub fn last_received(&self) -> Option<i64> {
         Some(self.last_received.load(Ordering::Relaxed)).filter(|t| *t != 0)

@@ -27,6 +27,17 @@ SELECT
     ingest_timestamp,
     _seq
 FROM raw
+-- The contract ingest checks (src/ingest/validate.rs), again: records can reach the raw
+-- topic another way. Comparisons put NaN above every number, so NaN fails each range.
 WHERE latitude BETWEEN -90 AND 90
   AND longitude BETWEEN -180 AND 180
-  AND (velocity IS NULL OR velocity >= 0)
+  AND regexp_like(icao24, '^[0-9A-Fa-f]{6}$')
+  AND (velocity IS NULL OR velocity BETWEEN 0 AND 3000)
+  AND (baro_altitude IS NULL OR baro_altitude BETWEEN -2000 AND 100000)
+  AND (geo_altitude IS NULL OR geo_altitude BETWEEN -2000 AND 100000)
+  AND (vertical_rate IS NULL OR vertical_rate BETWEEN -1000 AND 1000)
+  AND (heading IS NULL OR heading BETWEEN 0 AND 360)
+  AND position_source BETWEEN 0 AND 3
+  AND (category IS NULL OR category BETWEEN 0 AND 20)
+  AND last_contact > 0
+  AND (squawk IS NULL OR regexp_like(squawk, '^[0-7]{4}$'))

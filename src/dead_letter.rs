@@ -10,15 +10,27 @@ pub struct DeadLetter {
     pub stage: String,
     pub reason: String,
     pub message: String,
-    /// The original payload: as text when it is UTF-8, else base64.
+    /// The original payload (its first [`MAX_KEPT_BYTES`] when longer): as text when it
+    /// is UTF-8, else base64.
     pub payload: String,
     /// `utf8` or `base64`.
     pub payload_encoding: String,
+    /// The original payload's length in bytes.
+    #[serde(default)]
+    pub payload_bytes: usize,
+    /// `payload` holds only the first [`MAX_KEPT_BYTES`] of it (a dead-letter record
+    /// must itself fit in a Kafka message).
+    #[serde(default)]
+    pub payload_truncated: bool,
     pub source_topic: Option<String>,
     pub source_partition: Option<i32>,
     pub source_offset: Option<i64>,
     pub timestamp: DateTime<Utc>,
 }
+
+/// How much of a refused payload a dead-letter record keeps: even JSON-escaped (up to 6
+/// bytes per byte) it stays well under Kafka's default 1 MB message limit.
+pub const MAX_KEPT_BYTES: usize = 64 * 1024;
 
 impl DeadLetter {
     pub fn new(
@@ -28,10 +40,20 @@ impl DeadLetter {
         payload: &[u8],
         now: DateTime<Utc>,
     ) -> Self {
-        let (payload, encoding) = match std::str::from_utf8(payload) {
-            Ok(s) => (s.to_string(), "utf8"),
-            Err(_) => (
-                base64::engine::general_purpose::STANDARD.encode(payload),
+        let payload_bytes = payload.len();
+        let kept = &payload[..payload_bytes.min(MAX_KEPT_BYTES)];
+        // A cut through a UTF-8 character must not turn text into base64.
+        let text = match std::str::from_utf8(kept) {
+            Ok(s) => Some(s),
+            Err(e) if e.error_len().is_none() && std::str::from_utf8(payload).is_ok() => {
+                std::str::from_utf8(&kept[..e.valid_up_to()]).ok()
+            }
+            Err(_) => None,
+        };
+        let (payload, encoding) = match text {
+            Some(s) => (s.to_string(), "utf8"),
+            None => (
+                base64::engine::general_purpose::STANDARD.encode(kept),
                 "base64",
             ),
         };
@@ -41,6 +63,8 @@ impl DeadLetter {
             message: message.into(),
             payload,
             payload_encoding: encoding.to_string(),
+            payload_truncated: payload_bytes > MAX_KEPT_BYTES,
+            payload_bytes,
             source_topic: None,
             source_partition: None,
             source_offset: None,
@@ -86,5 +110,31 @@ mod tests {
             DeadLetter::new("x", "y", "z", b"\xff", now).payload_encoding,
             "base64"
         );
+    }
+
+    #[test]
+    fn keeps_the_head_of_a_huge_payload_and_says_so() {
+        let now = DateTime::from_timestamp(0, 0).unwrap();
+        // 'é' is two bytes: the cut at MAX_KEPT_BYTES falls inside one.
+        let text = format!("x{}", "é".repeat(MAX_KEPT_BYTES));
+        let d = DeadLetter::new("ingest", "too_large", "m", text.as_bytes(), now);
+        assert!(d.payload_truncated);
+        assert_eq!(d.payload_bytes, text.len());
+        assert_eq!(d.payload_encoding, "utf8");
+        assert_eq!(d.payload.len(), MAX_KEPT_BYTES - 1);
+        assert!(text.starts_with(&d.payload));
+        assert!(d.to_json().len() < 200 * 1024);
+
+        let binary: Vec<u8> = (0..2 * MAX_KEPT_BYTES)
+            .map(|i| (i % 251) as u8 | 0x80)
+            .collect();
+        let d = DeadLetter::new("process", "decode_error", "m", &binary, now);
+        assert_eq!(d.payload_encoding, "base64");
+        assert_eq!(d.original_payload(), &binary[..MAX_KEPT_BYTES]);
+        assert!(d.payload_truncated);
+
+        let small = DeadLetter::new("x", "y", "z", b"{}", now);
+        assert!(!small.payload_truncated);
+        assert_eq!(small.payload_bytes, 2);
     }
 }

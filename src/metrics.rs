@@ -3,9 +3,10 @@
 //! serves what that process has: ingest and OpenSky counters, process-stage counters, the
 //! live store's.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -69,6 +70,58 @@ impl<B: Buckets> Histogram<B> {
     }
 }
 
+impl<B: Buckets> Histogram<B> {
+    /// Many observations at once: one atomic add per bucket touched, not per value.
+    pub fn observe_all(&self, values: impl IntoIterator<Item = f64>) {
+        let mut counts = vec![0u64; B::BOUNDS.len() + 1];
+        let mut sum = 0.0;
+        for v in values {
+            counts[B::BOUNDS.partition_point(|b| *b < v)] += 1;
+            sum += v;
+        }
+        for (c, n) in self.counts.iter().zip(counts) {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + sum).to_bits())
+            });
+    }
+}
+
+/// Counters by a set of label values (reason codes; gRPC method and code).
+#[derive(Debug, Default)]
+pub struct Counts(Mutex<BTreeMap<Vec<String>, u64>>);
+
+impl Counts {
+    pub fn add(&self, labels: &[&str], n: u64) {
+        if n == 0 {
+            return;
+        }
+        let key = labels.iter().map(ToString::to_string).collect();
+        *self.0.lock().expect("counts lock").entry(key).or_default() += n;
+    }
+
+    /// The count for exactly these label values (0 when never counted).
+    pub fn get(&self, labels: &[&str]) -> u64 {
+        let key: Vec<String> = labels.iter().map(ToString::to_string).collect();
+        self.0
+            .lock()
+            .expect("counts lock")
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
+        let m = self.0.lock().expect("counts lock");
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
 /// What a process adds to its `/metrics` page.
 pub type MetricsFn = Arc<dyn Fn(&mut Exposition) + Send + Sync>;
 
@@ -110,6 +163,33 @@ impl Exposition {
         self.head(name, "counter", help);
         for (v, n) in values {
             self.sample(name, &[(label, v)], *n as f64);
+        }
+    }
+
+    /// A counter with several labels, one sample per set of label values.
+    pub fn counter_labelled(&mut self, name: &str, help: &str, labels: &[&str], c: &Counts) {
+        self.head(name, "counter", help);
+        for (values, n) in c.snapshot() {
+            let pairs: Vec<(&str, &str)> = labels
+                .iter()
+                .copied()
+                .zip(values.iter().map(String::as_str))
+                .collect();
+            self.sample(name, &pairs, n as f64);
+        }
+    }
+
+    /// A gauge with several labels.
+    pub fn gauge_labelled(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Vec<(&str, String)>, f64)],
+    ) {
+        self.head(name, "gauge", help);
+        for (labels, v) in samples {
+            let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            self.sample(name, &pairs, *v);
         }
     }
 
@@ -240,16 +320,6 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
             &s.processed,
         ),
         (
-            "contrail_process_dead_lettered_total",
-            "Records the process stage dead-lettered.",
-            &s.dead_lettered,
-        ),
-        (
-            "contrail_process_late_total",
-            "Records behind the watermark (also on the late topic).",
-            &s.late,
-        ),
-        (
             "contrail_process_anomalies_total",
             "Records scored as anomalies.",
             &s.anomalies,
@@ -297,6 +367,44 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
     ] {
         e.counter(name, help, get(c));
     }
+    e.counter_labelled(
+        "contrail_process_dead_lettered_total",
+        "Records the process stage sent to the dead-letter topic, by reason code.",
+        &["reason"],
+        &s.dead_lettered_by,
+    );
+    e.counter_by(
+        "contrail_process_late_total",
+        "Late input, by reason: records behind their partition's watermark (also on the late \
+         topic) and window partials that arrived after their window closed.",
+        "reason",
+        &[
+            ("behind_watermark", get(&s.late)),
+            ("late_partial", get(&s.late_partials)),
+        ],
+    );
+    e.histogram(
+        "contrail_process_latency_seconds",
+        "End-to-end latency: from a record's ingest_timestamp to the commit of its processed \
+         record.",
+        &s.latency,
+    );
+    let lag = s.lag.lock().expect("lag lock").clone();
+    let samples: Vec<_> = lag
+        .into_iter()
+        .map(|(topic, partition, lag)| {
+            (
+                vec![("topic", topic), ("partition", partition.to_string())],
+                lag as f64,
+            )
+        })
+        .collect();
+    e.gauge_labelled(
+        "contrail_process_consumer_lag",
+        "Records not yet consumed per assigned partition (high watermark - position), after \
+         the last micro-batch.",
+        &samples,
+    );
     e.histogram(
         "contrail_process_batch_records",
         "Raw records per micro-batch.",
@@ -306,6 +414,16 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
         "contrail_process_batch_seconds",
         "Time to process and commit one micro-batch (SQL, scoring, windows, archive, transaction).",
         &s.batch_seconds,
+    );
+}
+
+/// gRPC requests by method and status code.
+pub fn grpc(e: &mut Exposition, s: &crate::query::counting::GrpcStats) {
+    e.counter_labelled(
+        "contrail_grpc_requests_total",
+        "gRPC requests by method and status code.",
+        &["method", "code"],
+        &s.requests,
     );
 }
 

@@ -48,6 +48,11 @@ pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// the micro-batch). SQL may use it to order reports; it never leaves the pipeline.
 pub const SEQ_COLUMN: &str = "_seq";
 
+/// The largest raw record either stage accepts, in bytes. A state vector is about 350
+/// bytes; anything near this size is not one, and Kafka's default 1 MB message limit would
+/// refuse it further on (and its dead-letter record with it).
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
 /// Columns `sql/features.sql` must produce besides every raw column (DESIGN.md,
 /// `flight-processed-data`). `processing_timestamp` is stamped by the pipeline after the SQL.
 pub const PROCESSED_FEATURES: &[&str] = &[

@@ -290,6 +290,21 @@ fn json_api_and_events() {
         value("contrail_process_batch_seconds_count")
     );
     assert!(value("contrail_process_batch_records_count") > 1);
+    // One latency observation per processed record, each after its batch committed.
+    assert_eq!(
+        value("contrail_process_latency_seconds_count"),
+        value("contrail_process_processed_total")
+    );
+    let le_inf = value("contrail_process_latency_seconds_bucket{le=\"+Inf\"}");
+    assert_eq!(le_inf, records);
+    // Late input by reason: the label set is always there.
+    for reason in ["behind_watermark", "late_partial"] {
+        let _ = value(&format!(
+            "contrail_process_late_total{{reason=\"{reason}\"}}"
+        ));
+    }
+    // The embedded demo's gRPC port counts requests too (none were made here).
+    assert!(metrics.contains("# TYPE contrail_grpc_requests_total counter"));
     assert_eq!(demo.get("/health").0, 200);
     assert_eq!(demo.get("/ready").0, 200);
 

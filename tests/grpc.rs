@@ -109,6 +109,7 @@ struct Running {
     stop: CancellationToken,
     addr: std::net::SocketAddr,
     store: Arc<LiveStore>,
+    stats: Arc<contrail::query::counting::GrpcStats>,
 }
 
 impl Drop for Running {
@@ -140,6 +141,7 @@ async fn start(store: Arc<LiveStore>, token: Option<&str>, limits: QueryLimits) 
         stop,
         addr: server.local_addr,
         store,
+        stats: Arc::clone(&server.stats),
     }
 }
 
@@ -686,6 +688,42 @@ async fn bearer_token_guards_the_service_but_not_health() {
             .await
             .is_ok()
     );
+
+    // `/metrics` counts each request by method and the code the client saw.
+    let count = |method: &str, code: &str| r.stats.requests.get(&[method, code]);
+    assert_eq!(
+        count("contrail.v1.Contrail/ListWindows", "UNAUTHENTICATED"),
+        2
+    );
+    assert_eq!(count("contrail.v1.Contrail/ListWindows", "OK"), 1);
+    assert_eq!(count("grpc.health.v1.Health/Check", "OK"), 1);
+    let e = c
+        .get_aircraft(with_token(GetAircraftRequest {
+            icao24: "nothex".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(
+        count("contrail.v1.Contrail/GetAircraft", "INVALID_ARGUMENT"),
+        1
+    );
+    let mut e = contrail::metrics::Exposition::default();
+    contrail::metrics::grpc(&mut e, &r.stats);
+    assert!(
+        e.text().lines().any(|l| l
+            == "contrail_grpc_requests_total{method=\"contrail.v1.Contrail/ListWindows\",code=\"UNAUTHENTICATED\"} 2"),
+        "{}",
+        e.text()
+    );
+}
+
+fn with_token<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret-token".parse().unwrap());
+    req
 }
 
 #[tokio::test]

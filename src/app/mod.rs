@@ -249,9 +249,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let ingest_stats = Arc::new(IngestStats::default());
     let metrics: crate::metrics::MetricsFn = {
         let (i, p) = (Arc::clone(&ingest_stats), Arc::clone(&process_stats));
+        let g = Arc::clone(&grpc.stats);
         Arc::new(move |e| {
             crate::metrics::ingest(e, &i);
             crate::metrics::process(e, &p);
+            crate::metrics::grpc(e, &g);
         })
     };
     let http = start_dashboard(
@@ -460,7 +462,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http = start_dashboard(
         &args.dashboard,
         Arc::clone(&store),
-        Arc::new(|_| {}),
+        {
+            let g = Arc::clone(&grpc.stats);
+            Arc::new(move |e| crate::metrics::grpc(e, &g))
+        },
         stop.clone(),
     )
     .await?;

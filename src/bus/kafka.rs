@@ -141,14 +141,38 @@ pub struct KafkaConsumerConfig {
 }
 
 type Revoked = Arc<Mutex<Vec<(String, i32)>>>;
+/// Consumer lag per assigned (topic, partition), from librdkafka's statistics.
+type Lag = Arc<Mutex<Vec<(String, i32, i64)>>>;
 
 /// Notes the partitions a rebalance takes away; librdkafka calls it inside `poll`, so
 /// [`KafkaBatchConsumer::next_batch`] sees every revocation before the next record.
+/// It also keeps the consumer lag from the statistics librdkafka reports every
+/// `statistics.interval.ms`.
 struct RebalanceTracker {
     revoked: Revoked,
+    lag: Lag,
 }
 
-impl ClientContext for RebalanceTracker {}
+impl ClientContext for RebalanceTracker {
+    /// Lag = last stable offset (what a read_committed consumer can reach) - the
+    /// application's position (last record handed out + 1), per assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = Vec::new();
+        for (topic, t) in &statistics.topics {
+            for p in t.partitions.values() {
+                if p.partition >= 0 && p.desired && p.ls_offset >= 0 && p.app_offset >= 0 {
+                    lag.push((
+                        topic.clone(),
+                        p.partition,
+                        (p.ls_offset - p.app_offset).max(0),
+                    ));
+                }
+            }
+        }
+        lag.sort();
+        *self.lag.lock().expect("lag lock") = lag;
+    }
+}
 
 impl ConsumerContext for RebalanceTracker {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -185,6 +209,7 @@ pub struct KafkaBatchConsumer {
     consumer: StreamConsumer<RebalanceTracker>,
     producer: FutureProducer,
     revoked: Revoked,
+    lag: Lag,
     /// Revocations seen and not yet reported by `take_revoked`.
     unreported: Vec<(String, i32)>,
     /// Next offset to commit per (topic, partition): last consumed + 1.
@@ -201,13 +226,14 @@ impl std::fmt::Debug for KafkaBatchConsumer {
 
 impl KafkaBatchConsumer {
     pub async fn new(config: &KafkaConsumerConfig) -> Result<Self> {
-        let revoked = Revoked::default();
-        let (consumer, producer) = connect(config, Arc::clone(&revoked)).await?;
+        let (revoked, lag) = (Revoked::default(), Lag::default());
+        let (consumer, producer) = connect(config, Arc::clone(&revoked), Arc::clone(&lag)).await?;
         Ok(Self {
             config: config.clone(),
             consumer,
             producer,
             revoked,
+            lag,
             unreported: Vec::new(),
             positions: HashMap::new(),
         })
@@ -279,6 +305,7 @@ fn apply_revocations(
 async fn connect(
     config: &KafkaConsumerConfig,
     revoked: Revoked,
+    lag: Lag,
 ) -> Result<(StreamConsumer<RebalanceTracker>, FutureProducer)> {
     let mut client = ClientConfig::new();
     if let Some(id) = &config.instance_id {
@@ -295,7 +322,8 @@ async fn connect(
         .set("queued.min.messages", "200000")
         .set("fetch.max.bytes", "104857600")
         .set("max.partition.fetch.bytes", "16777216")
-        .create_with_context(RebalanceTracker { revoked })
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(RebalanceTracker { revoked, lag })
         .map_err(|e| Error::kafka(format!("creating consumer for {}", config.bootstrap), e))?;
     let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
     consumer
@@ -410,6 +438,10 @@ impl BatchConsumer for KafkaBatchConsumer {
         std::mem::take(&mut self.unreported)
     }
 
+    fn lag(&self) -> Option<Vec<(String, i32, i64)>> {
+        Some(self.lag.lock().expect("lag lock").clone())
+    }
+
     /// Leaves the group and joins again with a new transactional producer: the group
     /// hands out the partitions from their committed offsets, and the new producer's
     /// initialisation aborts whatever the failed one left open. Retries until it works.
@@ -418,7 +450,13 @@ impl BatchConsumer for KafkaBatchConsumer {
         self.revoked.lock().expect("revoked lock").clear();
         let mut backoff = Duration::from_millis(500);
         loop {
-            match connect(&self.config, Arc::clone(&self.revoked)).await {
+            match connect(
+                &self.config,
+                Arc::clone(&self.revoked),
+                Arc::clone(&self.lag),
+            )
+            .await
+            {
                 Ok((consumer, producer)) => {
                     let old_consumer = std::mem::replace(&mut self.consumer, consumer);
                     let old_producer = std::mem::replace(&mut self.producer, producer);

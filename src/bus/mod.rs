@@ -94,6 +94,12 @@ pub trait BatchConsumer: Send {
         Vec::new()
     }
 
+    /// Records not yet consumed per assigned (topic, partition), from what the client
+    /// already knows (no broker round trip); `None` where the bus cannot tell.
+    fn lag(&self) -> Option<Vec<(String, i32, i64)>> {
+        None
+    }
+
     /// After a failed [`BatchConsumer::commit`]: rewinds to the last committed position
     /// (everything handed out since is void) and makes the consumer usable again. Buses
     /// that cannot fail this way return `Err`.

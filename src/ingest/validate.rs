@@ -34,10 +34,21 @@ pub mod reason {
     pub const OUT_OF_RANGE: &str = "out_of_range";
     pub const NON_FINITE: &str = "non_finite";
     pub const INVALID_SQUAWK: &str = "invalid_squawk";
+    pub const TOO_LARGE: &str = "too_large";
 }
 
 /// Parses and checks one raw record. `icao24` comes back lower-cased.
 pub fn validate(payload: &[u8]) -> Result<RawRecord, Rejection> {
+    if payload.len() > crate::schema::MAX_RECORD_BYTES {
+        return Err(Rejection::new(
+            reason::TOO_LARGE,
+            format!(
+                "{} bytes is over the {}-byte limit of a raw record",
+                payload.len(),
+                crate::schema::MAX_RECORD_BYTES
+            ),
+        ));
+    }
     let mut record: RawRecord = serde_json::from_slice(payload).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {

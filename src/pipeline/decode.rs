@@ -15,7 +15,7 @@ use arrow::json::ReaderBuilder;
 
 use crate::bus::Message;
 use crate::error::Result;
-use crate::schema::{RAW_SCHEMA, SEQ_COLUMN};
+use crate::schema::{MAX_RECORD_BYTES, RAW_SCHEMA, SEQ_COLUMN};
 
 /// A decoded micro-batch.
 #[derive(Debug)]
@@ -47,6 +47,12 @@ fn decode_all<'a>(
         .build_decoder()
         .map_err(|e| e.to_string())?;
     for p in payloads {
+        if p.len() > MAX_RECORD_BYTES {
+            return Err(format!(
+                "payload of {} bytes is over the {MAX_RECORD_BYTES}-byte limit of a raw record",
+                p.len()
+            ));
+        }
         let mut rest = p;
         while !rest.is_empty() {
             let read = decoder.decode(rest).map_err(|e| e.to_string())?;

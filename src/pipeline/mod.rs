@@ -113,6 +113,9 @@ pub struct ProcessStats {
     pub consumed: AtomicU64,
     pub processed: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// The same records by reason code (`decode_error`, `filtered_by_clean_sql`, `sql_error`).
+    pub dead_lettered_by: crate::metrics::Counts,
+    /// Records behind their partition's watermark; window partials after their window closed.
     pub late: AtomicU64,
     pub late_partials: AtomicU64,
     pub batches: AtomicU64,
@@ -130,6 +133,10 @@ pub struct ProcessStats {
     /// Raw records per micro-batch, and the time to process and commit each.
     pub batch_records: crate::metrics::Histogram<crate::metrics::RecordBuckets>,
     pub batch_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
+    /// From each record's `ingest_timestamp` to the commit of its processed record.
+    pub latency: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
+    /// Records not yet consumed per assigned (topic, partition), after the last batch.
+    pub lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
 }
 
 /// The Parquet datasets the stage writes.
@@ -167,6 +174,8 @@ pub struct Processor {
     progress: Vec<Vec<u8>>,
     /// Last offset processed per partition (names the archive files `finish` writes).
     last_offsets: BTreeMap<i32, i64>,
+    /// `ingest_timestamp` (µs) of the records processed since the last commit.
+    uncommitted_ingest: Vec<i64>,
 }
 
 impl std::fmt::Debug for dyn ChangelogReader {
@@ -266,6 +275,7 @@ impl Processor {
             sql_vars: vars,
             sql_texts,
             keep: None,
+            uncommitted_ingest: Vec::new(),
             partitions: BTreeMap::new(),
             merger,
             changelog: None,
@@ -358,9 +368,23 @@ impl Processor {
     /// partitions' records arrive again.
     pub fn reset(&mut self) {
         self.partitions.clear();
+        self.uncommitted_ingest.clear();
         if self.config.topics.partials.is_some() {
             self.merger = None;
         }
+    }
+
+    /// After a micro-batch of `records` raw records was committed `took` after it began:
+    /// the batch histograms, and the end-to-end latency of every processed record in it.
+    fn committed(&mut self, records: usize, took: std::time::Duration) {
+        self.stats.batch_records.observe(records as f64);
+        self.stats.batch_seconds.observe(took.as_secs_f64());
+        let now = self.clock.now_micros();
+        self.stats.latency.observe_all(
+            self.uncommitted_ingest
+                .drain(..)
+                .map(|t| (now - t) as f64 / 1e6),
+        );
     }
 
     /// Hot reload at a batch boundary: a changed model file is loaded, validated and
@@ -589,6 +613,7 @@ impl Processor {
     ) -> OutRecord {
         self.stats.consumed.fetch_add(1, Ordering::Relaxed);
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered_by.add(&["sql_error"], 1);
         self.dead_letter(
             m,
             "sql_error",
@@ -626,6 +651,7 @@ impl Processor {
         };
 
         let decoded = decode::decode(messages)?;
+        let decode_errors = decoded.rejected.len() as u64;
         for (i, message) in decoded.rejected {
             dead(i, "decode_error", message, &mut out);
         }
@@ -643,6 +669,10 @@ impl Processor {
             );
         }
         let dead_count = out.len() as u64;
+        let reasons = [
+            ("decode_error", decode_errors),
+            ("filtered_by_clean_sql", dead_count - decode_errors),
+        ];
 
         // Arrival order, as the bus delivered them; window functions may have reordered.
         let features = &result.features;
@@ -675,6 +705,12 @@ impl Processor {
         if let Some(keep) = self.keep.as_mut() {
             keep.push(processed.clone());
         }
+        if let Some(ts) = processed
+            .column_by_name("ingest_timestamp")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        {
+            self.uncommitted_ingest.extend(ts.iter().flatten());
+        }
 
         let rows = encode::to_json_rows(&processed)?;
         let keys = keys(&processed);
@@ -697,6 +733,9 @@ impl Processor {
         self.stats
             .dead_lettered
             .fetch_add(dead_count, Ordering::Relaxed);
+        for (reason, n) in reasons {
+            self.stats.dead_lettered_by.add(&[reason], n);
+        }
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
 
         // Windows the watermarks closed, and the state's changelog.
@@ -1029,6 +1068,9 @@ pub async fn run_process(
             batch = consumer.next_batch(max_records, max_wait) => batch?,
         };
         processor.revoke(&consumer.take_revoked());
+        if let Some(lag) = consumer.lag() {
+            *processor.stats.lag.lock().expect("lag lock") = lag;
+        }
         let Some(messages) = batch else {
             let outputs = processor.finish()?;
             return consumer.commit(outputs).await;
@@ -1045,11 +1087,7 @@ pub async fn run_process(
             Err(e) => Err(e),
         };
         if result.is_ok() {
-            processor.stats.batch_records.observe(raw.len() as f64);
-            processor
-                .stats
-                .batch_seconds
-                .observe(started.elapsed().as_secs_f64());
+            processor.committed(raw.len(), started.elapsed());
         }
         if let Err(e) = result {
             if !e.is_retryable() {

@@ -2,6 +2,7 @@
 //! server reflection. Live data comes from [`store::LiveStore`] (fed by the output topics,
 //! see [`feed`]); `Query` runs read-only SQL with DataFusion over the Parquet archive.
 
+pub mod counting;
 pub mod feed;
 mod service;
 pub mod sql;

@@ -415,6 +415,8 @@ impl Contrail for QueryService {
 /// live store is ready) and server reflection.
 pub struct GrpcServer {
     pub local_addr: SocketAddr,
+    /// Requests by method and status code, for `/metrics`.
+    pub stats: Arc<super::counting::GrpcStats>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -457,8 +459,10 @@ impl GrpcServer {
         // No Nagle: small unary replies would wait for the peer's delayed ACK (~40 ms).
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stats = Arc::new(super::counting::GrpcStats::default());
         let task = tokio::spawn(
             tonic::transport::Server::builder()
+                .layer(super::counting::layer(Arc::clone(&stats)))
                 .add_service(health)
                 .add_service(reflection)
                 .add_service(contrail)
@@ -466,7 +470,11 @@ impl GrpcServer {
                     stop.cancelled().await;
                 }),
         );
-        Ok(Self { local_addr, task })
+        Ok(Self {
+            local_addr,
+            stats,
+            task,
+        })
     }
 
     /// Waits until the server has stopped (after `stop` is cancelled).

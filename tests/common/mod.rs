@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -661,6 +661,20 @@ async fn ingest_from_opensky_into_kafka() {
             "{line} not in:\n{metrics}"
         );
     }
+    // Ready: the broker answered for the raw and dead-letter topics.
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = reqwest::get(format!("http://{http}/ready"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200);
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()

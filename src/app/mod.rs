@@ -551,6 +551,31 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     let stop_http = CancellationToken::new();
+    // Ready once the broker has answered for both topics (they exist, it is reachable).
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (ready, bootstrap, stop) = (Arc::clone(&ready), bootstrap.clone(), stop_http.clone());
+        let names = [topics.raw.clone(), topics.dead_letter.clone()];
+        tokio::spawn(async move {
+            loop {
+                let mut ok = true;
+                for t in &names {
+                    if let Err(e) = partition_count(&bootstrap, t).await {
+                        tracing::warn!(error = %e, topic = %t, "not ready: the broker did not answer for the topic");
+                        ok = false;
+                    }
+                }
+                if ok {
+                    ready.store(true, Ordering::Release);
+                    return;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+    }
     let http = HttpServer::start(
         args.http_bind,
         health::ingest_router(
@@ -561,11 +586,12 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             },
             Arc::clone(&stats),
             source.health(),
+            ready,
         ),
         stop_http.clone(),
     )
     .await?;
-    println!("http: {} (/health)", http.local_addr);
+    println!("http: {} (/metrics, /health, /ready)", http.local_addr);
     tracing::info!(%bootstrap, topic = %topics.raw, "ingesting");
     let run = run_ingest(
         source.as_mut(),

@@ -179,6 +179,14 @@ fn opt_i64(row: &[Value], i: usize) -> std::result::Result<Option<i64>, String> 
     }
 }
 
+fn opt_i32(row: &[Value], i: usize) -> std::result::Result<Option<i32>, String> {
+    opt_i64(row, i)?
+        .map(|v| {
+            i32::try_from(v).map_err(|_| format!("field {i} = {v} does not fit a 32-bit integer"))
+        })
+        .transpose()
+}
+
 fn opt_str(row: &[Value], i: usize) -> std::result::Result<Option<String>, String> {
     match row.get(i) {
         None | Some(Value::Null) => Ok(None),
@@ -217,9 +225,9 @@ pub fn state_row(row: &[Value]) -> std::result::Result<RawRecord, String> {
         None | Some(Value::Null) => None,
         Some(Value::Array(a)) => Some(
             a.iter()
-                .map(|v| v.as_i64().map(|i| i as i32))
+                .map(|v| v.as_i64().and_then(|i| i32::try_from(i).ok()))
                 .collect::<Option<Vec<i32>>>()
-                .ok_or("field 12 (sensors) is not a list of integers")?,
+                .ok_or("field 12 (sensors) is not a list of 32-bit integers")?,
         ),
         Some(_) => return Err("field 12 (sensors) is not a list".into()),
     };
@@ -239,8 +247,8 @@ pub fn state_row(row: &[Value]) -> std::result::Result<RawRecord, String> {
         geo_altitude: opt_f64(row, 13)?,
         squawk: opt_str(row, 14)?,
         spi: req_bool(row, 15)?,
-        position_source: opt_i64(row, 16)?.ok_or("field 16 (position_source) is null")? as i32,
-        category: opt_i64(row, 17)?.map(|c| c as i32),
+        position_source: opt_i32(row, 16)?.ok_or("field 16 (position_source) is null")?,
+        category: opt_i32(row, 17)?,
         last_contact,
         ingest_timestamp: None,
     })

@@ -1,0 +1,209 @@
+//! Property tests of everything that parses outside input: ingest's `validate`, the process
+//! stage's JSON -> Arrow `decode`, and the OpenSky `/states/all` parser. They run on
+//! arbitrary bytes, on arbitrary JSON, and on mutations of valid input (bytes flipped,
+//! inserted, deleted, cut), and check that nothing panics and that the parsers keep their
+//! promises. (cargo-fuzz needs a nightly compiler; CI has stable, so this is proptest.)
+//!
+//! `PROPTEST_CASES` sets the cases per property (256 by default); the closing note of the
+//! operations issue reports a 10-minute run:
+//! `PROPTEST_CASES=200000 cargo test --release --test fuzz`.
+
+mod common;
+
+use common::corpus::valid_record;
+use contrail::bus::Message;
+use contrail::ingest::opensky::parse_states;
+use contrail::ingest::validate::validate;
+use contrail::pipeline::decode::decode;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn message(i: usize, payload: Vec<u8>) -> Message {
+    Message {
+        topic: "raw".into(),
+        partition: 0,
+        offset: i as i64,
+        key: None,
+        payload,
+    }
+}
+
+/// A mutation of some bytes: (kind, position, byte).
+fn mutate(mut bytes: Vec<u8>, edits: &[(u8, usize, u8)]) -> Vec<u8> {
+    for &(kind, at, b) in edits {
+        if bytes.is_empty() {
+            bytes.push(b);
+            continue;
+        }
+        let at = at % bytes.len();
+        match kind % 4 {
+            0 => bytes[at] = b,
+            1 => bytes.insert(at, b),
+            2 => {
+                bytes.remove(at);
+            }
+            _ => bytes.truncate(at),
+        }
+    }
+    bytes
+}
+
+fn edits() -> impl Strategy<Value = Vec<(u8, usize, u8)>> {
+    prop::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..6)
+}
+
+/// Arbitrary JSON, a few levels deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|i| json!(i)),
+        any::<f64>().prop_map(|f| json!(f)),
+        "[a-z0-9 ]{0,10}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z_]{1,12}", inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A valid record with one field replaced by arbitrary JSON.
+fn record_with_one_field_replaced() -> impl Strategy<Value = Vec<u8>> {
+    let fields: Vec<String> = valid_record(0)
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    (prop::sample::select(fields), json_value(), 0usize..1000).prop_map(|(field, value, i)| {
+        let mut v = valid_record(i);
+        v[&field] = value;
+        serde_json::to_vec(&v).unwrap()
+    })
+}
+
+/// An OpenSky state row: 18 fields of the right kinds, some of them arbitrary.
+fn state_row() -> impl Strategy<Value = Value> {
+    (
+        "[0-9a-f]{6}",
+        any::<i64>(),
+        prop::option::of(-200.0f64..200.0),
+        prop::option::of(any::<f64>()),
+        any::<i64>(),
+        prop::option::of(any::<i64>()),
+        json_value(),
+    )
+        .prop_map(|(icao, last_contact, lat, velocity, position_source, category, wild)| {
+            json!([
+                icao, "DLH1    ", "Germany", last_contact, last_contact, 8.5, lat, 10000.0,
+                false, velocity, 90.0, 0.0, wild, 10100.0, "1000", false, position_source,
+                category
+            ])
+        })
+}
+
+fn states_body() -> impl Strategy<Value = Vec<u8>> {
+    (any::<i64>(), prop::collection::vec(prop_oneof![state_row(), json_value()], 0..20))
+        .prop_map(|(time, rows)| serde_json::to_vec(&json!({"time": time, "states": rows})).unwrap())
+}
+
+proptest! {
+    /// Arbitrary bytes: validation answers, and what it accepts meets the contract.
+    #[test]
+    fn validate_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        if let Ok(r) = validate(&bytes) {
+            prop_assert!(r.icao24.len() == 6);
+        }
+    }
+
+    /// Mutated valid records: validation accepts only what meets the contract, and the
+    /// process stage's decoder takes every record ingest publishes from what validation
+    /// accepted (ingest re-serialises the record and sets its `ingest_timestamp`).
+    #[test]
+    fn what_validate_accepts_decode_accepts(i in 0usize..1000, e in edits()) {
+        let bytes = mutate(serde_json::to_vec(&valid_record(i)).unwrap(), &e);
+        if let Ok(mut r) = validate(&bytes) {
+            prop_assert!(r.icao24.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            let lat = r.latitude.unwrap();
+            prop_assert!((-90.0..=90.0).contains(&lat));
+            r.ingest_timestamp = Some(chrono::Utc::now());
+            let published = r.to_json();
+            let d = decode(&[message(0, published.clone())]).unwrap();
+            prop_assert_eq!(d.batch.num_rows(), 1, "validated but not decoded: {} ({:?})",
+                String::from_utf8_lossy(&published), d.rejected);
+        }
+    }
+
+    /// One field replaced by arbitrary JSON: both parsers answer without panicking.
+    #[test]
+    fn a_field_of_any_json_type(bytes in record_with_one_field_replaced()) {
+        let _ = validate(&bytes);
+        let d = decode(&[message(0, bytes)]).unwrap();
+        prop_assert_eq!(d.batch.num_rows() + d.rejected.len(), 1);
+    }
+
+    /// A micro-batch of valid records with arbitrary payloads between them: every payload is
+    /// either a row or a reject (never both, never neither), every valid record is a row in
+    /// its place, and rejects name their message's index.
+    #[test]
+    fn decode_accounts_for_every_payload(
+        junk in prop::collection::vec(prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+            (0usize..1000, edits()).prop_map(|(i, e)| mutate(serde_json::to_vec(&valid_record(i)).unwrap(), &e)),
+        ], 0..12),
+        valid in prop::collection::vec(0usize..1000, 1..12),
+    ) {
+        let mut messages = Vec::new();
+        let mut valid_at = Vec::new();
+        for (n, payload) in junk.into_iter().enumerate() {
+            if let Some(&i) = valid.get(n) {
+                valid_at.push(messages.len());
+                messages.push(message(messages.len(), serde_json::to_vec(&valid_record(i)).unwrap()));
+            }
+            messages.push(message(messages.len(), payload));
+        }
+        let d = decode(&messages).unwrap();
+        prop_assert_eq!(d.batch.num_rows() + d.rejected.len(), messages.len());
+        let seq: Vec<i64> = d.batch.column_by_name("_seq").unwrap()
+            .as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().values().to_vec();
+        for at in valid_at {
+            prop_assert!(seq.contains(&(at as i64)), "valid record {} lost", at);
+        }
+        for (i, _) in &d.rejected {
+            prop_assert!(!seq.contains(&(*i as i64)));
+        }
+    }
+
+    /// OpenSky responses: arbitrary bytes, arbitrary JSON, and well-formed bodies with wild
+    /// rows. The parser answers; each state is one payload; a payload it calls valid holds
+    /// exactly the numbers the row held (no silent truncation).
+    #[test]
+    fn parse_states_never_panics_and_keeps_values(
+        body in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..1024),
+            json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+            states_body(),
+            (states_body(), edits()).prop_map(|(b, e)| mutate(b, &e)),
+        ]
+    ) {
+        let Ok(states) = parse_states(&body) else { return Ok(()); };
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let rows = v["states"].as_array().cloned().unwrap_or_default();
+        prop_assert_eq!(states.payloads.len(), rows.len());
+        prop_assert_eq!(states.keys.len(), rows.len());
+        for ((row, payload), key) in rows.iter().zip(&states.payloads).zip(&states.keys) {
+            let Some((icao24, last_contact)) = key else { continue };
+            let r: Value = serde_json::from_slice(payload).unwrap();
+            prop_assert_eq!(r["icao24"].as_str(), Some(icao24.as_str()));
+            prop_assert_eq!(r["last_contact"].as_i64(), Some(*last_contact));
+            prop_assert_eq!(&r["position_source"], &row[16]);
+            if !row[17].is_null() {
+                prop_assert_eq!(&r["category"], &row[17]);
+            }
+        }
+    }
+}

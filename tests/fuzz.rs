@@ -96,18 +96,40 @@ fn state_row() -> impl Strategy<Value = Value> {
         prop::option::of(any::<i64>()),
         json_value(),
     )
-        .prop_map(|(icao, last_contact, lat, velocity, position_source, category, wild)| {
-            json!([
-                icao, "DLH1    ", "Germany", last_contact, last_contact, 8.5, lat, 10000.0,
-                false, velocity, 90.0, 0.0, wild, 10100.0, "1000", false, position_source,
-                category
-            ])
-        })
+        .prop_map(
+            |(icao, last_contact, lat, velocity, position_source, category, wild)| {
+                json!([
+                    icao,
+                    "DLH1    ",
+                    "Germany",
+                    last_contact,
+                    last_contact,
+                    8.5,
+                    lat,
+                    10000.0,
+                    false,
+                    velocity,
+                    90.0,
+                    0.0,
+                    wild,
+                    10100.0,
+                    "1000",
+                    false,
+                    position_source,
+                    category
+                ])
+            },
+        )
 }
 
 fn states_body() -> impl Strategy<Value = Vec<u8>> {
-    (any::<i64>(), prop::collection::vec(prop_oneof![state_row(), json_value()], 0..20))
-        .prop_map(|(time, rows)| serde_json::to_vec(&json!({"time": time, "states": rows})).unwrap())
+    (
+        any::<i64>(),
+        prop::collection::vec(prop_oneof![state_row(), json_value()], 0..20),
+    )
+        .prop_map(|(time, rows)| {
+            serde_json::to_vec(&json!({"time": time, "states": rows})).unwrap()
+        })
 }
 
 proptest! {

@@ -9,6 +9,10 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// mimalloc instead of glibc malloc: see Cargo.toml and the README's benchmark table.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // .env and contrail.toml fill unset CONTRAIL_* variables before clap reads them; this
     // runs before any other thread exists.

@@ -1,0 +1,162 @@
+//! Process-stage benchmarks, one core, on simulator records (2,000 aircraft, 1% invalid,
+//! 0.2% anomalies) in micro-batches of 20,000 (the default `--batch-max-records`):
+//!
+//! - `decode`: raw JSON payloads -> one Arrow RecordBatch (arrow-json);
+//! - `sql`: clean.sql + features.sql with the Isolation Forest UDF scoring every row
+//!   (planned per batch, as the stage does);
+//! - `encode`: processed rows -> JSON payloads for `flight-processed-data`;
+//! - `process`: the whole stage per batch in process (decode, SQL, scoring, continuity,
+//!   lateness, aggregate.sql, window state and changelog, output records), no bus, no
+//!   archive: consecutive batches of one stream, so windows open and close as in a run.
+//!
+//! Each reports rows/s (criterion's "thrpt"). `cargo bench --bench pipeline`
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+use contrail::bus::Message;
+use contrail::clock::SystemClock;
+use contrail::ingest::simulator::{Simulator, SimulatorConfig};
+use contrail::ingest::validate::validate;
+use contrail::pipeline::continuity::previous_table;
+use contrail::pipeline::decode::decode;
+use contrail::pipeline::encode::to_json_rows;
+use contrail::pipeline::sql::SqlPipeline;
+use contrail::pipeline::{ProcessConfig, ProcessStats, Processor};
+use contrail::udf::Scorer;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+// The allocator the binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: usize = 20_000;
+const BATCHES: usize = 30;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `BATCHES` consecutive micro-batches of what ingest publishes (valid, stamped records).
+fn stream() -> Vec<Vec<Message>> {
+    let mut sim = Simulator::new(SimulatorConfig {
+        seed: 7,
+        aircraft: 2_000,
+        anomaly_rate: 0.002,
+        invalid_rate: 0.0,
+        report_interval_s: 5.0,
+        start: DateTime::parse_from_rfc3339("2026-11-25T08:00:00Z")
+            .unwrap()
+            .to_utc(),
+    });
+    let now = chrono::Utc::now();
+    let mut payloads = Vec::with_capacity(BATCH * BATCHES);
+    while payloads.len() < BATCH * BATCHES {
+        for e in sim.tick() {
+            if let Ok(mut r) = validate(&e.to_bytes()) {
+                r.ingest_timestamp = Some(now);
+                payloads.push((r.icao24.clone(), r.to_json()));
+            }
+        }
+    }
+    payloads.truncate(BATCH * BATCHES);
+    payloads
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(b, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (key, payload))| Message {
+                    topic: "flight-raw-data".into(),
+                    partition: 0,
+                    offset: (b * BATCH + i) as i64,
+                    key: Some(key.clone().into_bytes()),
+                    payload: payload.clone(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn config() -> ProcessConfig {
+    let mut c = ProcessConfig::new(root().join("sql"));
+    c.model_path = Some(root().join("models/flight_anomaly_detector.json"));
+    c
+}
+
+async fn processor() -> Processor {
+    Processor::new(
+        config(),
+        Arc::new(SystemClock),
+        Arc::new(ProcessStats::default()),
+    )
+    .await
+    .unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let batches = stream();
+    let first = &batches[0];
+
+    let mut g = c.benchmark_group("stage");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(10));
+
+    g.bench_function("decode", |b| b.iter(|| decode(first).unwrap()));
+
+    let model = contrail::model::Model::load(&root().join("models/flight_anomaly_detector.json"))
+        .unwrap();
+    let scorer = Scorer::fitted(model);
+    let vars = [
+        ("grid_cell_deg".to_string(), "1.0".to_string()),
+        ("window_seconds".to_string(), "600".to_string()),
+    ]
+    .into();
+    let sql = rt
+        .block_on(SqlPipeline::load(&root().join("sql"), &vars, &scorer))
+        .unwrap();
+    let decoded = decode(first).unwrap().batch;
+    g.bench_function("sql", |b| {
+        b.iter(|| {
+            rt.block_on(sql.run(decoded.clone(), previous_table(std::iter::empty()).unwrap()))
+                .unwrap()
+        })
+    });
+
+    let mut p = rt.block_on(processor());
+    p.keep_processed();
+    rt.block_on(p.process_all(first, &[])).unwrap();
+    let processed = p.take_processed().remove(0);
+    assert_eq!(processed.num_rows(), BATCH);
+    g.bench_function("encode", |b| b.iter(|| to_json_rows(&processed).unwrap()));
+
+    g.bench_function("process", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            let mut done = 0;
+            while done < iters {
+                let mut p = rt.block_on(processor());
+                for batch in batches.iter().take((iters - done).min(BATCHES as u64) as usize) {
+                    let started = Instant::now();
+                    let out = rt.block_on(p.process_all(batch, &[])).unwrap();
+                    spent += started.elapsed();
+                    assert!(out.len() >= BATCH);
+                    done += 1;
+                }
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(pipeline, benches);
+criterion_main!(pipeline);

@@ -112,8 +112,8 @@ fn benches(c: &mut Criterion) {
 
     g.bench_function("decode", |b| b.iter(|| decode(first).unwrap()));
 
-    let model = contrail::model::Model::load(&root().join("models/flight_anomaly_detector.json"))
-        .unwrap();
+    let model =
+        contrail::model::Model::load(&root().join("models/flight_anomaly_detector.json")).unwrap();
     let scorer = Scorer::fitted(model);
     let vars = [
         ("grid_cell_deg".to_string(), "1.0".to_string()),
@@ -144,7 +144,10 @@ fn benches(c: &mut Criterion) {
             let mut done = 0;
             while done < iters {
                 let mut p = rt.block_on(processor());
-                for batch in batches.iter().take((iters - done).min(BATCHES as u64) as usize) {
+                for batch in batches
+                    .iter()
+                    .take((iters - done).min(BATCHES as u64) as usize)
+                {
                     let started = Instant::now();
                     let out = rt.block_on(p.process_all(batch, &[])).unwrap();
                     spent += started.elapsed();

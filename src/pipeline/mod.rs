@@ -469,6 +469,9 @@ impl Processor {
     ) -> Result<Vec<OutRecord>> {
         self.reload_model_if_changed();
         self.reload_sql_if_changed().await;
+        // Callers that never commit (`contrail train`, `contrail features`) must not
+        // collect a timestamp per record for ever: only this batch's are kept.
+        self.uncommitted_ingest.clear();
         let now = self.clock.now();
         let ranges = offset_ranges(raw.iter());
         self.restore(&ranges, progress).await?;

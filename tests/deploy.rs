@@ -16,15 +16,28 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The `CONTRAIL_*` variables `contrail <command> --help` lists.
-fn variables_of(command: &[&str]) -> BTreeSet<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_contrail"))
-        .args(command)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "contrail {command:?} --help");
-    let help = String::from_utf8_lossy(&out.stdout);
+/// Runs `cmd`, fails the test unless it succeeds, and returns its standard output.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `contrail <command> --help`.
+fn help_of(command: &[&str]) -> String {
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_contrail"))
+            .args(command)
+            .arg("--help"),
+    )
+}
+
+/// The `CONTRAIL_*` variables a help text lists.
+fn variables_in(help: &str) -> BTreeSet<String> {
     help.split("[env: ")
         .skip(1)
         .map(|rest| rest.split(['=', ']']).next().unwrap().to_string())
@@ -35,20 +48,15 @@ fn variables_of(command: &[&str]) -> BTreeSet<String> {
 #[ignore = "needs CONTRAIL_PYTHON with PyYAML: run scripts/test"]
 fn compose_file_and_dockerfile_match_the_binary() {
     let python = std::env::var("CONTRAIL_PYTHON").expect("CONTRAIL_PYTHON (scripts/test sets it)");
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(root().join("docker-compose.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let json = run_ok(
+        Command::new(python)
+            .args([
+                "-c",
+                "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            ])
+            .arg(root().join("docker-compose.yml")),
     );
-    let compose: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let compose: Value = serde_json::from_str(&json).unwrap();
     let services = compose["services"].as_object().unwrap();
     let names: BTreeSet<&str> = services.keys().map(String::as_str).collect();
     assert_eq!(
@@ -84,7 +92,8 @@ fn compose_file_and_dockerfile_match_the_binary() {
             .copied()
             .take_while(|w| !w.starts_with('-'))
             .collect();
-        let known = variables_of(&sub);
+        let help = help_of(&sub);
+        let known = variables_in(&help);
         let set: Vec<&String> = service["environment"].as_object().unwrap().keys().collect();
         for var in set.iter().filter(|v| v.starts_with("CONTRAIL_")) {
             assert!(
@@ -93,15 +102,6 @@ fn compose_file_and_dockerfile_match_the_binary() {
             );
         }
         // Every flag in the command is one the subcommand has.
-        let help = String::from_utf8_lossy(
-            &Command::new(env!("CARGO_BIN_EXE_contrail"))
-                .args(&sub)
-                .arg("--help")
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .to_string();
         for flag in command.iter().filter(|w| w.starts_with("--")) {
             assert!(
                 help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
@@ -118,7 +118,7 @@ fn compose_file_and_dockerfile_match_the_binary() {
 
     // The Dockerfile's ENV names variables the servers read.
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
-    let serve = variables_of(&["serve"]);
+    let serve = variables_in(&help_of(&["serve"]));
     for line in dockerfile.lines().filter(|l| l.starts_with("ENV ")) {
         let var = line[4..].split('=').next().unwrap();
         assert!(
@@ -130,16 +130,11 @@ fn compose_file_and_dockerfile_match_the_binary() {
     // The real validator, where it is installed (not on the CI machine: no Docker there).
     let docker = Command::new("docker").args(["compose", "version"]).output();
     if docker.is_ok_and(|o| o.status.success()) {
-        let out = Command::new("docker")
-            .args(["compose", "-f"])
-            .arg(root().join("docker-compose.yml"))
-            .args(["config", "--quiet"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("docker")
+                .args(["compose", "-f"])
+                .arg(root().join("docker-compose.yml"))
+                .args(["config", "--quiet"]),
         );
     } else {
         eprintln!("docker compose is not installed here: `docker compose config` not run");

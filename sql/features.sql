@@ -1,10 +1,13 @@
 -- features.sql: derived features for every state vector.
 --
--- Reads `clean` (the output of clean.sql) and `previous` (each aircraft's last two reports
+-- Reads `clean` (the output of clean.sql, with `_prev_seq` and `_prev2_seq` appended by the
+-- pipeline: the `_seq` of the same aircraft's previous and second previous row in this
+-- micro-batch, by arrival order, or null) and `previous` (each aircraft's last two reports
 -- from earlier micro-batches: icao24, prev_timestamp, prev_latitude, prev_longitude,
--- prev_altitude_ft, and the same with prev2_ for the one before). Must return exactly one row per `clean` row, keep `_seq`, and carry
--- every raw column plus the features listed in DESIGN.md; the pipeline checks this when it
--- starts. `processing_timestamp` is added by the pipeline afterwards.
+-- prev_altitude_ft, and the same with prev2_ for the one before). Must return exactly one
+-- row per `clean` row, keep `_seq`, and carry every raw column plus the features listed in
+-- DESIGN.md; the pipeline checks this when it starts. `processing_timestamp` is added by
+-- the pipeline afterwards.
 --
 -- isolation_forest_score(...) scores with the model file (--model); its arguments must be
 -- the model's features in the model's order (checked at start-up). is_anomaly(score) is
@@ -52,38 +55,38 @@ phase_stats (stat_phase, velocity_mean, velocity_std, altitude_mean, altitude_st
 -- The aircraft's two previous reports: from this batch where it has them (by arrival
 -- order), else from `previous` (earlier batches). Comparing with the report before the
 -- previous one too tells a one-off jump (both comparisons break) from the report right
--- after it (only the comparison with the jumped report breaks).
-linked AS (
-    SELECT
-        p.*,
-        row_number() OVER w        AS rn,
-        lag(timestamp, 1) OVER w   AS l1_timestamp,
-        lag(latitude, 1) OVER w    AS l1_latitude,
-        lag(longitude, 1) OVER w   AS l1_longitude,
-        lag(altitude_ft, 1) OVER w AS l1_altitude_ft,
-        lag(timestamp, 2) OVER w   AS l2_timestamp,
-        lag(latitude, 2) OVER w    AS l2_latitude,
-        lag(longitude, 2) OVER w   AS l2_longitude,
-        lag(altitude_ft, 2) OVER w AS l2_altitude_ft,
-        pr.prev_timestamp, pr.prev_latitude, pr.prev_longitude, pr.prev_altitude_ft,
-        pr.prev2_timestamp, pr.prev2_latitude, pr.prev2_longitude, pr.prev2_altitude_ft
-    FROM phased p
-    LEFT JOIN previous pr ON pr.icao24 = p.icao24
-    WINDOW w AS (PARTITION BY p.icao24 ORDER BY p._seq)
+-- after it (only the comparison with the jumped report breaks). The pipeline links each
+-- row to the aircraft's earlier rows of this batch: `_prev_seq` and `_prev2_seq` are their
+-- `_seq` (null when there are none), so two equi-joins find them.
+fixes AS (
+    SELECT _seq AS f_seq, timestamp AS f_timestamp, latitude AS f_latitude,
+           longitude AS f_longitude, altitude_ft AS f_altitude_ft
+    FROM units
 ),
 -- p_*: the previous report; q_*: the one before it.
 prior AS (
     SELECT
-        l.*,
-        CASE WHEN rn = 1 THEN prev_timestamp   ELSE l1_timestamp   END AS p_timestamp,
-        CASE WHEN rn = 1 THEN prev_latitude    ELSE l1_latitude    END AS p_latitude,
-        CASE WHEN rn = 1 THEN prev_longitude   ELSE l1_longitude   END AS p_longitude,
-        CASE WHEN rn = 1 THEN prev_altitude_ft ELSE l1_altitude_ft END AS p_altitude_ft,
-        CASE rn WHEN 1 THEN prev2_timestamp   WHEN 2 THEN prev_timestamp   ELSE l2_timestamp   END AS q_timestamp,
-        CASE rn WHEN 1 THEN prev2_latitude    WHEN 2 THEN prev_latitude    ELSE l2_latitude    END AS q_latitude,
-        CASE rn WHEN 1 THEN prev2_longitude   WHEN 2 THEN prev_longitude   ELSE l2_longitude   END AS q_longitude,
-        CASE rn WHEN 1 THEN prev2_altitude_ft WHEN 2 THEN prev_altitude_ft ELSE l2_altitude_ft END AS q_altitude_ft
-    FROM linked l
+        p.*,
+        CASE WHEN p._prev_seq IS NULL THEN pr.prev_timestamp   ELSE f1.f_timestamp   END AS p_timestamp,
+        CASE WHEN p._prev_seq IS NULL THEN pr.prev_latitude    ELSE f1.f_latitude    END AS p_latitude,
+        CASE WHEN p._prev_seq IS NULL THEN pr.prev_longitude   ELSE f1.f_longitude   END AS p_longitude,
+        CASE WHEN p._prev_seq IS NULL THEN pr.prev_altitude_ft ELSE f1.f_altitude_ft END AS p_altitude_ft,
+        CASE WHEN p._prev2_seq IS NOT NULL THEN f2.f_timestamp
+             WHEN p._prev_seq IS NOT NULL  THEN pr.prev_timestamp
+             ELSE pr.prev2_timestamp END AS q_timestamp,
+        CASE WHEN p._prev2_seq IS NOT NULL THEN f2.f_latitude
+             WHEN p._prev_seq IS NOT NULL  THEN pr.prev_latitude
+             ELSE pr.prev2_latitude END AS q_latitude,
+        CASE WHEN p._prev2_seq IS NOT NULL THEN f2.f_longitude
+             WHEN p._prev_seq IS NOT NULL  THEN pr.prev_longitude
+             ELSE pr.prev2_longitude END AS q_longitude,
+        CASE WHEN p._prev2_seq IS NOT NULL THEN f2.f_altitude_ft
+             WHEN p._prev_seq IS NOT NULL  THEN pr.prev_altitude_ft
+             ELSE pr.prev2_altitude_ft END AS q_altitude_ft
+    FROM phased p
+    LEFT JOIN fixes f1 ON f1.f_seq = p._prev_seq
+    LEFT JOIN fixes f2 ON f2.f_seq = p._prev2_seq
+    LEFT JOIN previous pr ON pr.icao24 = p.icao24
 ),
 continuity AS (
     SELECT

@@ -128,9 +128,11 @@ async fn features_sql_golden() {
 #[tokio::test]
 async fn aggregate_sql_golden() {
     let (sql, out) = run_with_pipeline().await;
-    // Rows alternate between two partitions, so partials split by partition too.
-    let parts: Vec<i32> = (0..out.features.num_rows() as i32).map(|i| i % 2).collect();
-    let records = with_partition_column(&out.features, &parts).unwrap();
+    // Rows alternate between two partitions in arrival order (features.sql's output order
+    // is DataFusion's), so partials split by partition too.
+    let features = sorted_by_seq(&out.features);
+    let parts: Vec<i32> = (0..features.num_rows() as i32).map(|i| i % 2).collect();
+    let records = with_partition_column(&features, &parts).unwrap();
     let partials = sql.run_aggregate(records).await.unwrap();
     let sorted = arrow::compute::lexsort_to_indices(
         &["_partition", "window_start", "icao24"].map(|c| arrow::compute::SortColumn {

@@ -80,6 +80,66 @@ pub fn previous_table<'a>(
     )?)
 }
 
+/// The columns the pipeline appends to `clean` before `features.sql` runs: the `_seq` of
+/// the aircraft's previous report in this micro-batch and of the one before it (arrival
+/// order), null when it has none. With them `features.sql` finds earlier reports of the
+/// same batch with two equi-joins on `_seq` instead of window functions over thousands
+/// of per-aircraft partitions of a few rows each.
+pub const PREV_SEQ_COLUMN: &str = "_prev_seq";
+pub const PREV2_SEQ_COLUMN: &str = "_prev2_seq";
+
+/// `clean` (the output of `clean.sql`, with icao24 and `_seq`) with [`PREV_SEQ_COLUMN`]
+/// and [`PREV2_SEQ_COLUMN`] appended; rows keep their order.
+pub fn with_links(clean: &RecordBatch) -> Result<RecordBatch> {
+    let ids = column(clean, "icao24")?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| Error::Internal("clean.sql must return icao24 as a string".into()))?;
+    let seq =
+        column(clean, crate::schema::SEQ_COLUMN)?.as_primitive::<arrow::datatypes::Int64Type>();
+    let n = clean.num_rows();
+    // Arrival order: clean.sql may have reordered its rows.
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    if !seq.values().is_sorted() {
+        order.sort_unstable_by_key(|&i| seq.value(i as usize));
+    }
+    let mut last: std::collections::HashMap<&str, (i64, Option<i64>)> =
+        std::collections::HashMap::with_capacity(n.min(1 << 16));
+    let mut prev = vec![None; n];
+    let mut prev2 = vec![None; n];
+    for &i in &order {
+        let i = i as usize;
+        if ids.is_null(i) {
+            continue;
+        }
+        let s = seq.value(i);
+        match last.entry(ids.value(i)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let (p, _) = *e.get();
+                prev[i] = Some(p);
+                prev2[i] = e.get().1;
+                e.insert((s, Some(p)));
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((s, None));
+            }
+        }
+    }
+    let mut fields: Vec<arrow::datatypes::FieldRef> = clean.schema().fields().to_vec();
+    fields.push(Arc::new(Field::new(PREV_SEQ_COLUMN, DataType::Int64, true)));
+    fields.push(Arc::new(Field::new(
+        PREV2_SEQ_COLUMN,
+        DataType::Int64,
+        true,
+    )));
+    let mut columns = clean.columns().to_vec();
+    columns.push(Arc::new(arrow::array::Int64Array::from(prev)));
+    columns.push(Arc::new(arrow::array::Int64Array::from(prev2)));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 /// The fix of every row of a processed batch: (row, icao24, fix).
 pub fn fixes(processed: &RecordBatch) -> Result<Vec<(usize, &str, Fix)>> {
     let ids = column(processed, "icao24")?.as_string::<i32>();
@@ -101,4 +161,53 @@ pub fn fixes(processed: &RecordBatch) -> Result<Vec<(usize, &str, Fix)>> {
             )
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::Int64Type;
+
+    #[test]
+    fn links_each_report_to_the_aircraft_s_two_before_it_in_arrival_order() {
+        // Rows out of arrival order (as clean.sql may return them), one null icao24.
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("icao24", DataType::Utf8, true),
+                Field::new("_seq", DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    Some("a"),
+                    None,
+                    Some("a"),
+                    Some("b"),
+                ])),
+                Arc::new(Int64Array::from(vec![7, 1, 0, 2, 3, 9])),
+            ],
+        )
+        .unwrap();
+        let linked = with_links(&batch).unwrap();
+        assert_eq!(linked.num_columns(), 4);
+        let col = |name: &str| -> Vec<Option<i64>> {
+            linked
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .iter()
+                .collect()
+        };
+        // a arrives at 0, 3, 7; b at 1, 9.
+        assert_eq!(
+            col(PREV_SEQ_COLUMN),
+            vec![Some(3), None, None, None, Some(0), Some(1)]
+        );
+        assert_eq!(
+            col(PREV2_SEQ_COLUMN),
+            vec![Some(0), None, None, None, None, None]
+        );
+    }
 }

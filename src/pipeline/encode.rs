@@ -1,13 +1,287 @@
 //! Arrow -> JSON: one `flight-processed-data` payload per row, every column present
 //! (nulls explicit), non-finite floats written as null so the output is always valid JSON.
+//!
+//! The columns the processed contract uses (strings, integers, floats, booleans, UTC
+//! timestamps) are written by a row encoder made for this: each row straight into its own
+//! payload, keys escaped once per batch, numbers by lexical-core and timestamps as RFC 3339
+//! by hand, byte for byte what arrow-json writes. A batch with any other column type (a
+//! user's features.sql may add one) goes through arrow-json's writer instead.
 
-use arrow::array::RecordBatch;
+use arrow::array::{
+    Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericStringArray, PrimitiveArray,
+    RecordBatch, StringViewArray,
+};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
+    TimestampMicrosecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
 use arrow::json::writer::{LineDelimited, WriterBuilder};
+use chrono::{DateTime, SecondsFormat};
+use lexical_core::{FormattedSize, ToLexical};
 
 use crate::error::Result;
 
 /// Encodes each row of `batch` as one JSON object.
 pub fn to_json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    match columns(batch) {
+        Some(columns) => Ok(encode_rows(batch.num_rows(), &columns)),
+        None => with_arrow_json(batch),
+    }
+}
+
+/// One column as the row encoder reads it.
+enum Column<'a> {
+    Utf8(&'a GenericStringArray<i32>),
+    LargeUtf8(&'a GenericStringArray<i64>),
+    Utf8View(&'a StringViewArray),
+    Bool(&'a BooleanArray),
+    I8(&'a PrimitiveArray<Int8Type>),
+    I16(&'a PrimitiveArray<Int16Type>),
+    I32(&'a PrimitiveArray<Int32Type>),
+    I64(&'a PrimitiveArray<Int64Type>),
+    U8(&'a PrimitiveArray<UInt8Type>),
+    U16(&'a PrimitiveArray<UInt16Type>),
+    U32(&'a PrimitiveArray<UInt32Type>),
+    U64(&'a PrimitiveArray<UInt64Type>),
+    F32(&'a PrimitiveArray<Float32Type>),
+    F64(&'a PrimitiveArray<Float64Type>),
+    /// Microseconds, UTC.
+    TimestampUtc(&'a PrimitiveArray<TimestampMicrosecondType>),
+}
+
+/// The row encoder's view of every column, with its key (`"name":`); `None` when a column
+/// has a type it does not write.
+fn columns(batch: &RecordBatch) -> Option<Vec<(Vec<u8>, Column<'_>)>> {
+    let schema = batch.schema();
+    let mut out = Vec::with_capacity(batch.num_columns());
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        let a = array.as_ref();
+        let column = match field.data_type() {
+            DataType::Utf8 => Column::Utf8(a.as_string::<i32>()),
+            DataType::LargeUtf8 => Column::LargeUtf8(a.as_string::<i64>()),
+            DataType::Utf8View => Column::Utf8View(a.as_string_view()),
+            DataType::Boolean => Column::Bool(a.as_boolean()),
+            DataType::Int8 => Column::I8(a.as_primitive()),
+            DataType::Int16 => Column::I16(a.as_primitive()),
+            DataType::Int32 => Column::I32(a.as_primitive()),
+            DataType::Int64 => Column::I64(a.as_primitive()),
+            DataType::UInt8 => Column::U8(a.as_primitive()),
+            DataType::UInt16 => Column::U16(a.as_primitive()),
+            DataType::UInt32 => Column::U32(a.as_primitive()),
+            DataType::UInt64 => Column::U64(a.as_primitive()),
+            DataType::Float32 => Column::F32(a.as_primitive()),
+            DataType::Float64 => Column::F64(a.as_primitive()),
+            DataType::Timestamp(TimeUnit::Microsecond, Some(tz))
+                if matches!(tz.as_ref(), "UTC" | "+00:00" | "Z") =>
+            {
+                Column::TimestampUtc(a.as_primitive())
+            }
+            _ => return None,
+        };
+        let mut key = Vec::with_capacity(field.name().len() + 3);
+        write_str(&mut key, field.name());
+        key.push(b':');
+        out.push((key, column));
+    }
+    Some(out)
+}
+
+fn encode_rows(rows: usize, columns: &[(Vec<u8>, Column<'_>)]) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(rows);
+    let mut capacity = 64;
+    for row in 0..rows {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.push(b'{');
+        for (i, (key, column)) in columns.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(key);
+            column.write(row, &mut buf);
+        }
+        buf.push(b'}');
+        // Rows of one batch are about the same size: one allocation each.
+        capacity = capacity.max(buf.len() + 16);
+        out.push(buf);
+    }
+    out
+}
+
+impl Column<'_> {
+    fn write(&self, row: usize, buf: &mut Vec<u8>) {
+        match self {
+            Column::Utf8(a) => nullable(*a, row, buf, |b| write_str(b, a.value(row))),
+            Column::LargeUtf8(a) => nullable(*a, row, buf, |b| write_str(b, a.value(row))),
+            Column::Utf8View(a) => nullable(*a, row, buf, |b| write_str(b, a.value(row))),
+            Column::Bool(a) => nullable(*a, row, buf, |b| {
+                b.extend_from_slice(if a.value(row) { b"true" } else { b"false" })
+            }),
+            Column::I8(a) => number(a, row, buf),
+            Column::I16(a) => number(a, row, buf),
+            Column::I32(a) => number(a, row, buf),
+            Column::I64(a) => number(a, row, buf),
+            Column::U8(a) => number(a, row, buf),
+            Column::U16(a) => number(a, row, buf),
+            Column::U32(a) => number(a, row, buf),
+            Column::U64(a) => number(a, row, buf),
+            Column::F32(a) => float(a, row, buf),
+            Column::F64(a) => float(a, row, buf),
+            Column::TimestampUtc(a) => nullable(*a, row, buf, |b| {
+                b.push(b'"');
+                write_timestamp(b, a.value(row));
+                b.push(b'"');
+            }),
+        }
+    }
+}
+
+fn nullable(array: &dyn Array, row: usize, buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    if array.is_null(row) {
+        buf.extend_from_slice(b"null");
+    } else {
+        write(buf);
+    }
+}
+
+fn number<T>(array: &PrimitiveArray<T>, row: usize, buf: &mut Vec<u8>)
+where
+    T: ArrowPrimitiveType,
+    T::Native: ToLexical,
+{
+    nullable(array, row, buf, |b| write_lexical(b, array.value(row)));
+}
+
+fn float<T>(array: &PrimitiveArray<T>, row: usize, buf: &mut Vec<u8>)
+where
+    T: ArrowPrimitiveType,
+    T::Native: ToLexical + Finite,
+{
+    let v = array.value(row);
+    if array.is_null(row) || !v.finite() {
+        buf.extend_from_slice(b"null");
+    } else {
+        write_lexical(buf, v);
+    }
+}
+
+trait Finite: Copy {
+    fn finite(self) -> bool;
+}
+
+impl Finite for f32 {
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+}
+
+impl Finite for f64 {
+    fn finite(self) -> bool {
+        self.is_finite()
+    }
+}
+
+fn write_lexical<N: ToLexical>(buf: &mut Vec<u8>, value: N) {
+    // Large enough for any number lexical-core writes (f64's is the largest).
+    let mut tmp = [0u8; f64::FORMATTED_SIZE_DECIMAL];
+    buf.extend_from_slice(value.to_lexical(&mut tmp));
+}
+
+/// A JSON string, escaped as serde_json (and so arrow-json) escapes it.
+fn write_str(buf: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            buf.extend_from_slice(b"\\u00");
+            buf.push(HEX[(b >> 4) as usize]);
+            buf.push(HEX[(b & 0xf) as usize]);
+        } else {
+            buf.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+/// Microseconds since the epoch as RFC 3339 in UTC with `Z`, the fraction as chrono's
+/// `SecondsFormat::AutoSi` writes it (none, 3 or 6 digits).
+fn write_timestamp(buf: &mut Vec<u8>, us: i64) {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    let (year, month, day) = civil_from_days(days);
+    if !(0..=9999).contains(&year) {
+        // Years chrono writes with a sign; rare enough to leave to chrono.
+        let text = DateTime::from_timestamp_micros(us)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            .unwrap_or_default();
+        buf.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let digits = |n: u32, width: usize, buf: &mut Vec<u8>| {
+        let mut tmp = [b'0'; 6];
+        let mut n = n;
+        for slot in tmp[..width].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        buf.extend_from_slice(&tmp[..width]);
+    };
+    digits(year as u32, 4, buf);
+    buf.push(b'-');
+    digits(month, 2, buf);
+    buf.push(b'-');
+    digits(day, 2, buf);
+    buf.push(b'T');
+    digits(sod / 3600, 2, buf);
+    buf.push(b':');
+    digits(sod / 60 % 60, 2, buf);
+    buf.push(b':');
+    digits(sod % 60, 2, buf);
+    if micros != 0 {
+        buf.push(b'.');
+        if micros % 1000 == 0 {
+            digits(micros / 1000, 3, buf);
+        } else {
+            digits(micros, 6, buf);
+        }
+    }
+    buf.push(b'Z');
+}
+
+/// (year, month, day) of a day count from 1970-01-01 (proleptic Gregorian; Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// arrow-json's writer: every type it knows.
+fn with_arrow_json(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     let mut buf = Vec::with_capacity(batch.num_rows() * 900);
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(true)
@@ -28,8 +302,186 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use arrow::array::{Float64Array, StringArray, TimestampMicrosecondArray};
+    use arrow::array::{
+        ArrayRef, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, LargeStringArray,
+        StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
+    };
     use arrow::datatypes::{DataType, Field, Schema};
+
+    /// Every type the row encoder writes, with the values that need care.
+    fn all_types(
+        floats: Vec<Option<f64>>,
+        stamps: Vec<Option<i64>>,
+        texts: Vec<Option<String>>,
+    ) -> RecordBatch {
+        let n = floats.len();
+        assert!(stamps.len() == n && texts.len() == n);
+        let ints: Vec<Option<i64>> = (0..n as i64)
+            .map(|i| match i % 4 {
+                0 => None,
+                1 => Some(i64::MIN),
+                2 => Some(i64::MAX),
+                _ => Some(-i),
+            })
+            .collect();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("a \"key\"\n", Arc::new(StringArray::from(texts.clone()))),
+            ("large", Arc::new(LargeStringArray::from(texts.clone()))),
+            ("view", Arc::new(StringViewArray::from(texts))),
+            ("f64", Arc::new(Float64Array::from(floats.clone()))),
+            (
+                "f32",
+                Arc::new(Float32Array::from(
+                    floats
+                        .iter()
+                        .map(|f| f.map(|f| f as f32))
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+            ("i64", Arc::new(Int64Array::from(ints.clone()))),
+            (
+                "i32",
+                Arc::new(Int32Array::from(
+                    ints.iter().map(|v| v.map(|v| v as i32)).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "i16",
+                Arc::new(Int16Array::from(
+                    ints.iter().map(|v| v.map(|v| v as i16)).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "u64",
+                Arc::new(UInt64Array::from(
+                    ints.iter().map(|v| v.map(|v| v as u64)).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "u8",
+                Arc::new(UInt8Array::from(
+                    ints.iter().map(|v| v.map(|v| v as u8)).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "bool",
+                Arc::new(BooleanArray::from(
+                    ints.iter().map(|v| v.map(|v| v > 0)).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "t",
+                Arc::new(TimestampMicrosecondArray::from(stamps).with_timezone("UTC")),
+            ),
+        ];
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    fn assert_same_as_arrow_json(batch: &RecordBatch) {
+        assert!(columns(batch).is_some(), "the row encoder takes this batch");
+        let ours = to_json_rows(batch).unwrap();
+        let theirs = with_arrow_json(batch).unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert_eq!(
+                String::from_utf8_lossy(a),
+                String::from_utf8_lossy(b),
+                "row encoder vs arrow-json"
+            );
+        }
+    }
+
+    #[test]
+    fn the_row_encoder_writes_exactly_what_arrow_json_writes() {
+        let floats = vec![
+            None,
+            Some(0.0),
+            Some(-0.0),
+            Some(0.1),
+            Some(1.0),
+            Some(-123.456),
+            Some(1e-7),
+            Some(1e21),
+            Some(5e-324),
+            Some(f64::MAX),
+            Some(f64::NAN),
+            Some(f64::INFINITY),
+            Some(f64::NEG_INFINITY),
+            Some(36_000.000_001),
+        ];
+        let stamps = vec![
+            None,
+            Some(0),
+            Some(-1),
+            Some(1_795_600_800_000_000),
+            Some(1_795_600_800_123_000),
+            Some(1_795_600_800_123_456),
+            Some(951_782_400_000_001),     // 2000-02-29
+            Some(-62_135_596_800_000_000), // 0001-01-01
+            Some(253_402_300_799_999_999), // 9999-12-31T23:59:59.999999
+            Some(253_402_300_800_000_000), // +10000
+            Some(-62_167_219_200_000_001), // before year 0
+            Some(-86_400_000_000 * 365),
+            Some(4_107_542_400_000_500),
+            Some(1_000),
+        ];
+        let texts = vec![
+            None,
+            Some(String::new()),
+            Some("plain".into()),
+            Some("quote \" and \\ backslash".into()),
+            Some("new\nline\r\ttab".into()),
+            Some("\u{0}\u{1}\u{8}\u{c}\u{1f}\u{7f}".into()),
+            Some("ünïcödé ✈ 𝄞".into()),
+            Some("/ slash".into()),
+            Some("DLH4AB  ".into()),
+            Some("x".repeat(300)),
+            Some("\u{2028}\u{2029}".into()),
+            Some("end\\".into()),
+            Some("\"".into()),
+            Some("7700".into()),
+        ];
+        assert_same_as_arrow_json(&all_types(floats, stamps, texts));
+    }
+
+    #[test]
+    fn other_types_go_through_arrow_json() {
+        let batch = RecordBatch::try_from_iter(vec![(
+            "d",
+            Arc::new(arrow::array::Date32Array::from(vec![Some(1), None])) as ArrayRef,
+        )])
+        .unwrap();
+        assert!(columns(&batch).is_none());
+        let rows = to_json_rows(&batch).unwrap();
+        assert_eq!(
+            rows,
+            vec![br#"{"d":"1970-01-02"}"#.to_vec(), br#"{"d":null}"#.to_vec()]
+        );
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        #[test]
+        fn any_values_encode_as_arrow_json_does(
+            rows in proptest::collection::vec(
+                (
+                    proptest::option::of(proptest::num::f64::ANY),
+                    // Whole seconds, milliseconds or microseconds: the three fraction widths.
+                    proptest::option::of(
+                        (-62_135_596_800i64..253_402_300_800, 0u32..3, 0i64..1_000_000)
+                            .prop_map(|(s, k, f)| s * 1_000_000 + [0, f / 1000 * 1000, f][k as usize]),
+                    ),
+                    proptest::option::of(".{0,12}"),
+                ),
+                1..20,
+            )
+        ) {
+            let (floats, rest): (Vec<_>, Vec<_>) = rows.into_iter().map(|(f, t, s)| (f, (t, s))).unzip();
+            let (stamps, texts): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
+            assert_same_as_arrow_json(&all_types(floats, stamps, texts));
+        }
+    }
 
     #[test]
     fn one_object_per_row_with_explicit_nulls_and_utc_timestamps() {

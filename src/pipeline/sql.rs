@@ -218,7 +218,8 @@ impl SqlPipeline {
         let kept = seq_values(&clean);
         let clean_rows = clean.num_rows();
 
-        self.ctx.register_batch("clean", clean.clone())?;
+        self.ctx
+            .register_batch("clean", super::continuity::with_links(&clean)?)?;
         self.ctx.register_batch("previous", previous)?;
         let features = self.query(&self.features, true).await;
         self.ctx.deregister_table("clean")?;

@@ -9,6 +9,9 @@
 //!   lateness, aggregate.sql, window state and changelog, output records), no bus, no
 //!   archive: consecutive batches of one stream, so windows open and close as in a run.
 //!
+//! - `batch_of_200/process`: the whole stage on micro-batches of 200 records: the fixed
+//!   cost per batch, which sets the latency floor of a lightly loaded stream.
+//!
 //! Each reports rows/s (criterion's "thrpt"). `cargo bench --bench pipeline`
 
 use std::path::Path;
@@ -39,8 +42,9 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `BATCHES` consecutive micro-batches of what ingest publishes (valid, stamped records).
-fn stream() -> Vec<Vec<Message>> {
+/// `BATCHES` consecutive micro-batches of `size` records of what ingest publishes (valid,
+/// stamped records).
+fn stream(size: usize) -> Vec<Vec<Message>> {
     let mut sim = Simulator::new(SimulatorConfig {
         seed: 7,
         aircraft: 2_000,
@@ -53,7 +57,7 @@ fn stream() -> Vec<Vec<Message>> {
     });
     let now = chrono::Utc::now();
     let mut payloads = Vec::with_capacity(BATCH * BATCHES);
-    while payloads.len() < BATCH * BATCHES {
+    while payloads.len() < size * BATCHES {
         for e in sim.tick() {
             if let Ok(mut r) = validate(&e.to_bytes()) {
                 r.ingest_timestamp = Some(now);
@@ -61,9 +65,9 @@ fn stream() -> Vec<Vec<Message>> {
             }
         }
     }
-    payloads.truncate(BATCH * BATCHES);
+    payloads.truncate(size * BATCHES);
     payloads
-        .chunks(BATCH)
+        .chunks(size)
         .enumerate()
         .map(|(b, chunk)| {
             chunk
@@ -72,7 +76,7 @@ fn stream() -> Vec<Vec<Message>> {
                 .map(|(i, (key, payload))| Message {
                     topic: "flight-raw-data".into(),
                     partition: 0,
-                    offset: (b * BATCH + i) as i64,
+                    offset: (b * size + i) as i64,
                     key: Some(key.clone().into_bytes()),
                     payload: payload.clone(),
                 })
@@ -102,7 +106,7 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let batches = stream();
+    let batches = stream(BATCH);
     let first = &batches[0];
 
     let mut g = c.benchmark_group("stage");
@@ -138,27 +142,42 @@ fn benches(c: &mut Criterion) {
     assert_eq!(processed.num_rows(), BATCH);
     g.bench_function("encode", |b| b.iter(|| to_json_rows(&processed).unwrap()));
 
-    g.bench_function("process", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            let mut done = 0;
-            while done < iters {
-                let mut p = rt.block_on(processor());
-                for batch in batches
-                    .iter()
-                    .take((iters - done).min(BATCHES as u64) as usize)
-                {
-                    let started = Instant::now();
-                    let out = rt.block_on(p.process_all(batch, &[])).unwrap();
-                    spent += started.elapsed();
-                    assert!(out.len() >= BATCH);
-                    done += 1;
-                }
-            }
-            spent
-        })
-    });
+    g.bench_function("process", |b| process(b, &rt, &batches));
     g.finish();
+
+    // The per-batch fixed cost (planning, the SQL operators' set-up, changelog): the whole
+    // stage on micro-batches of 200 records, as a lightly loaded stream delivers them.
+    let small = stream(SMALL_BATCH);
+    let mut g = c.benchmark_group("batch_of_200");
+    g.throughput(Throughput::Elements(SMALL_BATCH as u64));
+    g.sample_size(20);
+    g.bench_function("process", |b| process(b, &rt, &small));
+    g.finish();
+}
+
+const SMALL_BATCH: usize = 200;
+
+/// The whole stage over consecutive batches of one stream, a fresh processor every
+/// `BATCHES` batches; only `process_all` is timed.
+fn process(b: &mut criterion::Bencher, rt: &tokio::runtime::Runtime, batches: &[Vec<Message>]) {
+    b.iter_custom(|iters| {
+        let mut spent = Duration::ZERO;
+        let mut done = 0;
+        while done < iters {
+            let mut p = rt.block_on(processor());
+            for batch in batches
+                .iter()
+                .take((iters - done).min(BATCHES as u64) as usize)
+            {
+                let started = Instant::now();
+                let out = rt.block_on(p.process_all(batch, &[])).unwrap();
+                spent += started.elapsed();
+                assert!(out.len() >= batch.len());
+                done += 1;
+            }
+        }
+        spent
+    })
 }
 
 criterion_group!(pipeline, benches);

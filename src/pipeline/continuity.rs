@@ -124,20 +124,19 @@ pub fn with_links(clean: &RecordBatch) -> Result<RecordBatch> {
             }
         }
     }
-    let mut fields: Vec<arrow::datatypes::FieldRef> = clean.schema().fields().to_vec();
-    fields.push(Arc::new(Field::new(PREV_SEQ_COLUMN, DataType::Int64, true)));
-    fields.push(Arc::new(Field::new(
-        PREV2_SEQ_COLUMN,
-        DataType::Int64,
-        true,
-    )));
     let mut columns = clean.columns().to_vec();
     columns.push(Arc::new(arrow::array::Int64Array::from(prev)));
     columns.push(Arc::new(arrow::array::Int64Array::from(prev2)));
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns,
-    )?)
+    Ok(RecordBatch::try_new(link_schema(&clean.schema()), columns)?)
+}
+
+/// `schema` (of `clean`) with the link columns [`with_links`] appends.
+pub fn link_schema(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().to_vec();
+    for name in [PREV_SEQ_COLUMN, PREV2_SEQ_COLUMN] {
+        fields.push(Arc::new(Field::new(name, DataType::Int64, true)));
+    }
+    Arc::new(Schema::new(fields))
 }
 
 /// The fix of every row of a processed batch: (row, icao24, fix).

@@ -8,8 +8,8 @@
 //! user's features.sql may add one) goes through arrow-json's writer instead.
 
 use arrow::array::{
-    Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericStringArray, PrimitiveArray,
-    RecordBatch, StringViewArray,
+    Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericListArray, GenericStringArray,
+    PrimitiveArray, RecordBatch, StringViewArray,
 };
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
@@ -47,6 +47,8 @@ enum Column<'a> {
     F64(&'a PrimitiveArray<Float64Type>),
     /// Microseconds, UTC.
     TimestampUtc(&'a PrimitiveArray<TimestampMicrosecondType>),
+    /// A list (`sensors`) of values of a type the encoder writes.
+    List(&'a GenericListArray<i32>, Box<Column<'a>>),
 }
 
 /// The row encoder's view of every column, with its key (`"name":`); `None` when a column
@@ -55,35 +57,42 @@ fn columns(batch: &RecordBatch) -> Option<Vec<(Vec<u8>, Column<'_>)>> {
     let schema = batch.schema();
     let mut out = Vec::with_capacity(batch.num_columns());
     for (field, array) in schema.fields().iter().zip(batch.columns()) {
-        let a = array.as_ref();
-        let column = match field.data_type() {
-            DataType::Utf8 => Column::Utf8(a.as_string::<i32>()),
-            DataType::LargeUtf8 => Column::LargeUtf8(a.as_string::<i64>()),
-            DataType::Utf8View => Column::Utf8View(a.as_string_view()),
-            DataType::Boolean => Column::Bool(a.as_boolean()),
-            DataType::Int8 => Column::I8(a.as_primitive()),
-            DataType::Int16 => Column::I16(a.as_primitive()),
-            DataType::Int32 => Column::I32(a.as_primitive()),
-            DataType::Int64 => Column::I64(a.as_primitive()),
-            DataType::UInt8 => Column::U8(a.as_primitive()),
-            DataType::UInt16 => Column::U16(a.as_primitive()),
-            DataType::UInt32 => Column::U32(a.as_primitive()),
-            DataType::UInt64 => Column::U64(a.as_primitive()),
-            DataType::Float32 => Column::F32(a.as_primitive()),
-            DataType::Float64 => Column::F64(a.as_primitive()),
-            DataType::Timestamp(TimeUnit::Microsecond, Some(tz))
-                if matches!(tz.as_ref(), "UTC" | "+00:00" | "Z") =>
-            {
-                Column::TimestampUtc(a.as_primitive())
-            }
-            _ => return None,
-        };
+        let column = column(array.as_ref())?;
         let mut key = Vec::with_capacity(field.name().len() + 3);
         write_str(&mut key, field.name());
         key.push(b':');
         out.push((key, column));
     }
     Some(out)
+}
+
+fn column(a: &dyn Array) -> Option<Column<'_>> {
+    Some(match a.data_type() {
+        DataType::Utf8 => Column::Utf8(a.as_string::<i32>()),
+        DataType::LargeUtf8 => Column::LargeUtf8(a.as_string::<i64>()),
+        DataType::Utf8View => Column::Utf8View(a.as_string_view()),
+        DataType::Boolean => Column::Bool(a.as_boolean()),
+        DataType::Int8 => Column::I8(a.as_primitive()),
+        DataType::Int16 => Column::I16(a.as_primitive()),
+        DataType::Int32 => Column::I32(a.as_primitive()),
+        DataType::Int64 => Column::I64(a.as_primitive()),
+        DataType::UInt8 => Column::U8(a.as_primitive()),
+        DataType::UInt16 => Column::U16(a.as_primitive()),
+        DataType::UInt32 => Column::U32(a.as_primitive()),
+        DataType::UInt64 => Column::U64(a.as_primitive()),
+        DataType::Float32 => Column::F32(a.as_primitive()),
+        DataType::Float64 => Column::F64(a.as_primitive()),
+        DataType::Timestamp(TimeUnit::Microsecond, Some(tz))
+            if matches!(tz.as_ref(), "UTC" | "+00:00") =>
+        {
+            Column::TimestampUtc(a.as_primitive())
+        }
+        DataType::List(_) => {
+            let list = a.as_list::<i32>();
+            Column::List(list, Box::new(column(list.values().as_ref())?))
+        }
+        _ => return None,
+    })
 }
 
 fn encode_rows(rows: usize, columns: &[(Vec<u8>, Column<'_>)]) -> Vec<Vec<u8>> {
@@ -130,6 +139,17 @@ impl Column<'_> {
                 b.push(b'"');
                 write_timestamp(b, a.value(row));
                 b.push(b'"');
+            }),
+            Column::List(a, values) => nullable(*a, row, buf, |b| {
+                b.push(b'[');
+                let offsets = a.value_offsets();
+                for (i, v) in (offsets[row] as usize..offsets[row + 1] as usize).enumerate() {
+                    if i > 0 {
+                        b.push(b',');
+                    }
+                    values.write(v, b);
+                }
+                b.push(b']');
             }),
         }
     }
@@ -304,7 +324,7 @@ mod tests {
 
     use arrow::array::{
         ArrayRef, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, LargeStringArray,
-        StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
+        ListArray, StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
     };
     use arrow::datatypes::{DataType, Field, Schema};
 
@@ -372,6 +392,16 @@ mod tests {
             (
                 "t",
                 Arc::new(TimestampMicrosecondArray::from(stamps).with_timezone("UTC")),
+            ),
+            (
+                "list",
+                Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(
+                    ints.iter().map(|v| match v {
+                        None => None,
+                        Some(v) if v % 3 == 0 => Some(vec![]),
+                        Some(v) => Some(vec![Some(*v as i32), None, Some(7)]),
+                    }),
+                )),
             ),
         ];
         RecordBatch::try_from_iter(columns).unwrap()
@@ -442,6 +472,35 @@ mod tests {
             Some("7700".into()),
         ];
         assert_same_as_arrow_json(&all_types(floats, stamps, texts));
+    }
+
+    /// What the shipped SQL files produce, with the stamp the pipeline adds, is written by
+    /// the row encoder (not the slower fallback).
+    #[tokio::test]
+    async fn the_processed_contract_takes_the_row_encoder() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let vars = [
+            ("grid_cell_deg".to_string(), "1.0".to_string()),
+            ("window_seconds".to_string(), "600".to_string()),
+        ]
+        .into();
+        let sql = crate::pipeline::sql::SqlPipeline::load(
+            &root.join("sql"),
+            &vars,
+            &crate::udf::Scorer::unfitted(),
+        )
+        .await
+        .unwrap();
+        let out = sql
+            .run(
+                RecordBatch::new_empty(crate::pipeline::decode::raw_with_seq_schema()),
+                crate::pipeline::continuity::previous_table(std::iter::empty()).unwrap(),
+            )
+            .await
+            .unwrap();
+        let processed = crate::pipeline::finish(&out.features, 0).unwrap();
+        assert!(processed.schema().field_with_name("sensors").is_ok());
+        assert!(columns(&processed).is_some(), "{:?}", processed.schema());
     }
 
     #[test]

@@ -991,7 +991,7 @@ fn late_partial(
 }
 
 /// Drops `_seq` and appends `processing_timestamp`.
-fn finish(features: &RecordBatch, now_us: i64) -> Result<RecordBatch> {
+pub(crate) fn finish(features: &RecordBatch, now_us: i64) -> Result<RecordBatch> {
     let schema = features.schema();
     let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());

@@ -14,12 +14,15 @@ use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::datasource::MemTable;
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
+use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use super::continuity::PREVIOUS_SCHEMA;
+use super::continuity::{PREVIOUS_SCHEMA, link_schema};
 use super::decode::raw_with_seq_schema;
 use super::window::{PARTITION_COLUMN, read_partials};
 use crate::error::{Error, Result};
@@ -95,26 +98,129 @@ pub struct SqlOutput {
     pub features: RecordBatch,
 }
 
-/// The two SQL stages on one DataFusion session.
+/// A table the SQL reads: registered once, with a schema fixed at load time; each run
+/// puts its batch in, so the plans made at load time read it.
+struct Input {
+    name: &'static str,
+    schema: SchemaRef,
+    data: Arc<tokio::sync::RwLock<Vec<RecordBatch>>>,
+}
+
+impl Input {
+    fn register(ctx: &SessionContext, name: &'static str, schema: SchemaRef) -> Result<Self> {
+        let table = MemTable::try_new(Arc::clone(&schema), vec![vec![]])?;
+        let data = Arc::clone(&table.batches[0]);
+        ctx.register_table(name, Arc::new(table))?;
+        Ok(Self { name, schema, data })
+    }
+
+    /// Puts `batch` in, under the table's schema (the same columns; a column that is
+    /// nullable in the batch but not in the table must hold no null).
+    async fn set(&self, batch: RecordBatch) -> Result<()> {
+        let batch = if batch.schema() == self.schema {
+            batch
+        } else {
+            RecordBatch::try_new(Arc::clone(&self.schema), batch.columns().to_vec()).map_err(
+                |e| Error::Internal(format!("table {}: batch does not fit: {e}", self.name)),
+            )?
+        };
+        *self.data.write().await = vec![batch];
+        Ok(())
+    }
+
+    async fn clear(&self) {
+        self.data.write().await.clear();
+    }
+}
+
+/// One SQL file, planned and optimised once (at load time) against the inputs' schemas.
+struct Query {
+    file: SqlFile,
+    plan: LogicalPlan,
+    schema: SchemaRef,
+    /// The plan calls a function whose value depends on when it runs (`now()`): the
+    /// optimiser folds those into constants, so such a plan is optimised again per run.
+    time_dependent: bool,
+}
+
+impl Query {
+    async fn plan(ctx: &SessionContext, file: SqlFile) -> Result<Self> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let state = ctx.state();
+        let plan = state
+            .create_logical_plan(&file.sql)
+            .await
+            .and_then(|plan| {
+                options.verify_plan(&plan)?;
+                Ok(plan)
+            })
+            .map_err(|e| file.error(e))?;
+        let time_dependent = calls_stable_functions(&plan).map_err(|e| file.error(e))?;
+        let plan = if time_dependent {
+            plan
+        } else {
+            state.optimize(&plan).map_err(|e| file.error(e))?
+        };
+        let schema: SchemaRef = Arc::clone(plan.schema().inner());
+        Ok(Self {
+            file,
+            plan,
+            schema,
+            time_dependent,
+        })
+    }
+}
+
+/// Whether `plan` calls a function that is neither immutable nor volatile: `now()`,
+/// `current_date()` and the like, constant within one query but not across runs.
+fn calls_stable_functions(plan: &LogicalPlan) -> datafusion::error::Result<bool> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::{Expr, Volatility};
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && f.func.signature().volatility == Volatility::Stable
+                {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
+}
+
+/// The three SQL files on one DataFusion session, each planned once.
 pub struct SqlPipeline {
     ctx: SessionContext,
-    clean: SqlFile,
-    features: SqlFile,
-    aggregate: SqlFile,
+    raw: Input,
+    previous: Input,
+    clean_input: Input,
+    records: Input,
+    clean: Query,
+    features: Query,
+    aggregate: Query,
 }
 
 impl std::fmt::Debug for SqlPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlPipeline")
-            .field("clean", &self.clean.path)
-            .field("features", &self.features.path)
-            .field("aggregate", &self.aggregate.path)
+            .field("clean", &self.clean.file.path)
+            .field("features", &self.features.file.path)
+            .field("aggregate", &self.aggregate.file.path)
             .finish_non_exhaustive()
     }
 }
 
 impl SqlPipeline {
-    /// Loads `clean.sql`, `features.sql` and `aggregate.sql` from `dir` and checks them.
+    /// Loads `clean.sql`, `features.sql` and `aggregate.sql` from `dir`, plans them and
+    /// checks them.
     pub async fn load(dir: &Path, vars: &SqlVars, scorer: &Scorer) -> Result<Self> {
         let clean = SqlFile::load(&dir.join("clean.sql"), vars)?;
         let features = SqlFile::load(&dir.join("features.sql"), vars)?;
@@ -126,8 +232,31 @@ impl SqlPipeline {
         let ctx = SessionContext::new_with_config(config);
         ctx.register_udf(ScalarUDF::from(IsolationForestScore::new(scorer.clone())));
         ctx.register_udf(ScalarUDF::from(IsAnomaly::new(scorer.clone())));
+        // Each file is planned against the output schema of the one before it.
+        let raw = Input::register(&ctx, "raw", raw_with_seq_schema())?;
+        let previous = Input::register(&ctx, "previous", Arc::clone(&PREVIOUS_SCHEMA))?;
+        let clean = Query::plan(&ctx, clean).await?;
+        if clean
+            .schema
+            .field_with_name(SEQ_COLUMN)
+            .map(|f| f.data_type().clone())
+            .ok()
+            != Some(DataType::Int64)
+        {
+            return Err(clean
+                .file
+                .error(format!("output must keep the {SEQ_COLUMN} column (Int64)")));
+        }
+        let clean_input = Input::register(&ctx, "clean", link_schema(&clean.schema))?;
+        let features = Query::plan(&ctx, features).await?;
+        let records = Input::register(&ctx, "records", with_partition_field(&features.schema))?;
+        let aggregate = Query::plan(&ctx, aggregate).await?;
         let pipeline = Self {
             ctx,
+            raw,
+            previous,
+            clean_input,
+            records,
             clean,
             features,
             aggregate,
@@ -136,81 +265,89 @@ impl SqlPipeline {
         Ok(pipeline)
     }
 
-    /// Plans and runs both files on empty inputs and checks their output columns.
+    /// Runs the three files on empty inputs and checks their output columns.
     async fn check(&self) -> Result<()> {
-        let empty_raw = RecordBatch::new_empty(raw_with_seq_schema());
-        let empty_prev = RecordBatch::new_empty(Arc::clone(&PREVIOUS_SCHEMA));
-        let out = self.run(empty_raw, empty_prev).await?;
-        let schema = out.features.schema();
+        let schema = &self.features.schema;
+        if schema
+            .field_with_name(SEQ_COLUMN)
+            .map(|f| f.data_type().clone())
+            .ok()
+            != Some(DataType::Int64)
+        {
+            return Err(self
+                .features
+                .file
+                .error(format!("output must keep the {SEQ_COLUMN} column (Int64)")));
+        }
         let missing: Vec<String> = processed_contract_columns()
             .into_iter()
             .filter(|c| c != PROCESSING_TIMESTAMP && schema.field_with_name(c).is_err())
             .collect();
         if !missing.is_empty() {
-            return Err(self.features.error(format!(
+            return Err(self.features.file.error(format!(
                 "output lacks contract columns: {}",
                 missing.join(", ")
             )));
         }
         if schema.field_with_name(PROCESSING_TIMESTAMP).is_ok() {
-            return Err(self.features.error(format!(
+            return Err(self.features.file.error(format!(
                 "must not produce {PROCESSING_TIMESTAMP}: the pipeline stamps it"
             )));
         }
+        let empty_raw = RecordBatch::new_empty(raw_with_seq_schema());
+        let empty_prev = RecordBatch::new_empty(Arc::clone(&PREVIOUS_SCHEMA));
+        let out = self.run(empty_raw, empty_prev).await?;
         let records = with_partition_column(&out.features, &[])?;
         let partials = self.run_aggregate(records).await?;
-        read_partials(&partials).map_err(|e| self.aggregate.error(e))?;
+        read_partials(&partials).map_err(|e| self.aggregate.file.error(e))?;
         Ok(())
     }
 
     /// Runs `aggregate.sql` on `records` (processed rows with `_partition`).
     pub async fn run_aggregate(&self, records: RecordBatch) -> Result<RecordBatch> {
-        self.ctx.register_batch("records", records)?;
-        let out = self.query(&self.aggregate, false).await;
-        self.ctx.deregister_table("records")?;
+        self.records.set(records).await?;
+        let out = self.query(&self.aggregate).await;
+        self.records.clear().await;
         out
     }
 
     /// The path of `aggregate.sql`, for errors about what it returned.
     pub fn aggregate_error(&self, message: impl std::fmt::Display) -> Error {
-        self.aggregate.error(message)
+        self.aggregate.file.error(message)
     }
 
-    async fn query(&self, file: &SqlFile, keeps_seq: bool) -> Result<RecordBatch> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = self
-            .ctx
-            .sql_with_options(&file.sql, options)
+    /// Runs a planned file on the inputs as they are now.
+    async fn query(&self, query: &Query) -> Result<RecordBatch> {
+        let file = &query.file;
+        let state = self.ctx.state();
+        let optimized;
+        let plan = if query.time_dependent {
+            optimized = state.optimize(&query.plan).map_err(|e| file.error(e))?;
+            &optimized
+        } else {
+            &query.plan
+        };
+        let physical = state
+            .query_planner()
+            .create_physical_plan(plan, &state)
             .await
             .map_err(|e| file.error(e))?;
-        let schema: SchemaRef = Arc::clone(df.schema().inner());
-        let batches = df.collect().await.map_err(|e| file.error(e))?;
-        let batch = concat_batches(&schema, &batches)?;
-        if keeps_seq
-            && batch
-                .schema()
-                .field_with_name(SEQ_COLUMN)
-                .map(|f| f.data_type().clone())
-                .ok()
-                != Some(arrow::datatypes::DataType::Int64)
-        {
-            return Err(file.error(format!("output must keep the {SEQ_COLUMN} column (Int64)")));
-        }
-        Ok(batch)
+        let schema = physical.schema();
+        let batches = collect(physical, state.task_ctx())
+            .await
+            .map_err(|e| file.error(e))?;
+        Ok(concat_batches(&schema, &batches)?)
     }
 
     /// Runs `clean.sql` on `raw`, then `features.sql` on its output and `previous`.
     pub async fn run(&self, raw: RecordBatch, previous: RecordBatch) -> Result<SqlOutput> {
         let input_rows = raw.num_rows();
-        self.ctx.register_batch("raw", raw)?;
-        let clean = self.query(&self.clean, true).await;
-        self.ctx.deregister_table("raw")?;
+        self.raw.set(raw).await?;
+        let clean = self.query(&self.clean).await;
+        self.raw.clear().await;
         let clean = clean?;
         if clean.num_rows() > input_rows {
-            return Err(self.clean.error(format!(
+            return Err(self.clean.file.error(format!(
                 "returned {} rows from {input_rows}: it may only drop rows",
                 clean.num_rows()
             )));
@@ -218,15 +355,16 @@ impl SqlPipeline {
         let kept = seq_values(&clean);
         let clean_rows = clean.num_rows();
 
-        self.ctx
-            .register_batch("clean", super::continuity::with_links(&clean)?)?;
-        self.ctx.register_batch("previous", previous)?;
-        let features = self.query(&self.features, true).await;
-        self.ctx.deregister_table("clean")?;
-        self.ctx.deregister_table("previous")?;
+        self.clean_input
+            .set(super::continuity::with_links(&clean)?)
+            .await?;
+        self.previous.set(previous).await?;
+        let features = self.query(&self.features).await;
+        self.clean_input.clear().await;
+        self.previous.clear().await;
         let features = features?;
         if features.num_rows() != clean_rows {
-            return Err(self.features.error(format!(
+            return Err(self.features.file.error(format!(
                 "returned {} rows from {clean_rows}: it must return exactly one row per input row",
                 features.num_rows()
             )));
@@ -239,20 +377,25 @@ impl SqlPipeline {
     }
 }
 
-/// `batch` with an Int32 `_partition` column appended (`partitions[i]` for row `i`).
-pub fn with_partition_column(batch: &RecordBatch, partitions: &[i32]) -> Result<RecordBatch> {
-    let mut fields: Vec<arrow::datatypes::FieldRef> = batch.schema().fields().to_vec();
-    fields.push(Arc::new(arrow::datatypes::Field::new(
+/// `schema` with the `_partition` column [`with_partition_column`] appends.
+fn with_partition_field(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<FieldRef> = schema.fields().to_vec();
+    fields.push(Arc::new(Field::new(
         PARTITION_COLUMN,
-        arrow::datatypes::DataType::Int32,
+        DataType::Int32,
         false,
     )));
+    Arc::new(Schema::new(fields))
+}
+
+/// `batch` with an Int32 `_partition` column appended (`partitions[i]` for row `i`).
+pub fn with_partition_column(batch: &RecordBatch, partitions: &[i32]) -> Result<RecordBatch> {
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(arrow::array::Int32Array::from(
         partitions.to_vec(),
     )));
     Ok(RecordBatch::try_new(
-        Arc::new(arrow::datatypes::Schema::new(fields)),
+        with_partition_field(&batch.schema()),
         columns,
     )?)
 }
@@ -311,6 +454,43 @@ mod tests {
         pipeline_with(&repo_sql("clean.sql"), &repo_sql("features.sql"))
             .await
             .unwrap();
+    }
+
+    /// Plans are made once, but the optimiser folds `now()` into a constant: a file that
+    /// calls it is optimised again per run, so its value is the run's, not the load's.
+    #[tokio::test]
+    async fn now_is_evaluated_per_run_not_at_load_time() {
+        let features = repo_sql("features.sql").replace(
+            "SELECT s.*, is_anomaly(anomaly_score) AS is_anomaly",
+            "SELECT s.*, is_anomaly(anomaly_score) AS is_anomaly, now() AS evaluated_at",
+        );
+        let sql = pipeline_with(&repo_sql("clean.sql"), &features)
+            .await
+            .unwrap();
+        assert!(sql.features.time_dependent && !sql.clean.time_dependent);
+        let raw = crate::pipeline::decode::decode(&[crate::bus::Message {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: br#"{"timestamp":"2026-11-25T10:00:00Z","icao24":"abc123","callsign":"DLH1    ","origin_country":"Germany","latitude":50.0,"longitude":8,"velocity":200,"baro_altitude":null,"geo_altitude":null,"vertical_rate":null,"heading":90.5,"on_ground":false,"squawk":null,"spi":false,"position_source":0,"category":null,"sensors":[1,2],"last_contact":1795600800,"ingest_timestamp":"2026-11-25T10:00:01Z"}"#.to_vec(),
+        }])
+        .unwrap();
+        assert!(raw.rejected.is_empty(), "{:?}", raw.rejected);
+        let raw = raw.batch;
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let empty = RecordBatch::new_empty(Arc::clone(&PREVIOUS_SCHEMA));
+            let out = sql.run(raw.clone(), empty).await.unwrap();
+            assert_eq!(out.features.num_rows(), 1);
+            let at = out.features.column_by_name("evaluated_at").unwrap();
+            seen.push(
+                at.as_primitive::<arrow::datatypes::TimestampNanosecondType>()
+                    .value(0),
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(seen[1] > seen[0], "{seen:?}");
     }
 
     #[tokio::test]

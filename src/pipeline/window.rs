@@ -244,28 +244,42 @@ impl PartitionState {
 
     /// Remembers `fix` as the aircraft's latest (call in offset order).
     pub fn record_fix(&mut self, icao24: &str, fix: Fix) {
-        let a = self.aircraft.entry(icao24.to_string()).or_default();
+        let a = self.aircraft_mut(icao24);
         a.fixes = Some(match a.fixes {
             Some((latest, _)) => (fix, Some(latest)),
             None => (fix, None),
         });
-        self.dirty.insert(icao24.to_string());
+        self.mark_dirty(icao24);
+    }
+
+    /// The aircraft's state, created if new (no key allocated when it exists: this runs
+    /// per record).
+    fn aircraft_mut(&mut self, icao24: &str) -> &mut AircraftState {
+        if !self.aircraft.contains_key(icao24) {
+            self.aircraft
+                .insert(icao24.to_string(), AircraftState::default());
+        }
+        self.aircraft.get_mut(icao24).expect("inserted")
+    }
+
+    fn mark_dirty(&mut self, icao24: &str) {
+        if !self.dirty.contains(icao24) {
+            self.dirty.insert(icao24.to_string());
+        }
     }
 
     /// Merges a micro-batch partial into the aircraft's open window.
     pub fn add(&mut self, window_start: i64, icao24: &str, partial: &Partial) -> Result<()> {
-        self.aircraft
-            .entry(icao24.to_string())
-            .or_default()
+        self.aircraft_mut(icao24)
             .windows
             .entry(window_start)
             .or_default()
             .merge(partial)?;
-        self.open
-            .entry(window_start)
-            .or_default()
-            .insert(icao24.to_string());
-        self.dirty.insert(icao24.to_string());
+        let open = self.open.entry(window_start).or_default();
+        if !open.contains(icao24) {
+            open.insert(icao24.to_string());
+        }
+        self.mark_dirty(icao24);
         Ok(())
     }
 

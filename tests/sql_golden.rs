@@ -132,7 +132,8 @@ async fn aggregate_sql_golden() {
     // is DataFusion's), so partials split by partition too.
     let features = sorted_by_seq(&out.features);
     let parts: Vec<i32> = (0..features.num_rows() as i32).map(|i| i % 2).collect();
-    let records = with_partition_column(&features, &parts).unwrap();
+    let processed = contrail::pipeline::finish(&features, 0).unwrap();
+    let records = with_partition_column(&processed, &parts).unwrap();
     let partials = sql.run_aggregate(records).await.unwrap();
     let sorted = arrow::compute::lexsort_to_indices(
         &["_partition", "window_start", "icao24"].map(|c| arrow::compute::SortColumn {
@@ -144,6 +145,43 @@ async fn aggregate_sql_golden() {
     .unwrap();
     let partials = arrow::compute::take_record_batch(&partials, &sorted).unwrap();
     check_golden("aggregate.jsonl", &partials);
+}
+
+/// The plans are made once and executed again for every micro-batch: a run must see only
+/// its own inputs (no operator keeps the previous run's build side or rows).
+#[tokio::test]
+async fn a_reused_plan_gives_what_a_fresh_one_gives() {
+    let (sql, first) = run_with_pipeline().await;
+    let empty = previous_batch().slice(0, 0);
+    let part = raw_batch().slice(2, 5);
+    let reused = sql.run(part.clone(), empty.clone()).await.unwrap();
+    let (fresh_sql, _) = run_with_pipeline().await;
+    let fresh = fresh_sql.run(part, empty).await.unwrap();
+    assert_eq!(reused.kept, fresh.kept);
+    assert!(
+        reused.features.num_rows() > 0 && reused.features.num_rows() < first.features.num_rows()
+    );
+    assert_eq!(
+        sorted_by_seq(&reused.features),
+        sorted_by_seq(&fresh.features)
+    );
+    // And the whole batch again gives the first run's output.
+    let again = sql.run(raw_batch(), previous_batch()).await.unwrap();
+    assert_eq!(
+        sorted_by_seq(&again.features),
+        sorted_by_seq(&first.features)
+    );
+    let records = |b: &RecordBatch| {
+        let parts = vec![0; b.num_rows()];
+        with_partition_column(&contrail::pipeline::finish(b, 0).unwrap(), &parts).unwrap()
+    };
+    let partials = sql.run_aggregate(records(&reused.features)).await.unwrap();
+    let fresh_partials = fresh_sql
+        .run_aggregate(records(&fresh.features))
+        .await
+        .unwrap();
+    assert_eq!(partials.num_rows(), fresh_partials.num_rows());
+    assert_eq!(partials, fresh_partials);
 }
 
 #[test]

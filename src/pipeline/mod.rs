@@ -990,25 +990,37 @@ fn late_partial(
     )
 }
 
-/// Drops `_seq` and appends `processing_timestamp`.
-pub(crate) fn finish(features: &RecordBatch, now_us: i64) -> Result<RecordBatch> {
-    let schema = features.schema();
-    let mut fields: Vec<Field> = Vec::with_capacity(schema.fields().len());
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for (field, column) in schema.fields().iter().zip(features.columns()) {
-        if field.name() != SEQ_COLUMN {
-            fields.push(field.as_ref().clone());
-            columns.push(Arc::clone(column));
-        }
-    }
-    fields.push(Field::new(PROCESSING_TIMESTAMP, timestamp_type(), false));
+/// Processed records from `features.sql` output: drops `_seq` and appends
+/// `processing_timestamp` (`now_us`).
+pub fn finish(features: &RecordBatch, now_us: i64) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = features
+        .schema()
+        .fields()
+        .iter()
+        .zip(features.columns())
+        .filter(|(field, _)| field.name() != SEQ_COLUMN)
+        .map(|(_, column)| Arc::clone(column))
+        .collect();
     columns.push(Arc::new(
         TimestampMicrosecondArray::from(vec![now_us; features.num_rows()]).with_timezone("UTC"),
     ));
     Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
+        processed_schema(&features.schema()),
         columns,
     )?)
+}
+
+/// The schema of processed records: `features.sql`'s output without `_seq`, with
+/// `processing_timestamp` appended (see [`finish`]).
+pub fn processed_schema(features: &Schema) -> arrow::datatypes::SchemaRef {
+    let mut fields: Vec<Field> = features
+        .fields()
+        .iter()
+        .filter(|f| f.name() != SEQ_COLUMN)
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(PROCESSING_TIMESTAMP, timestamp_type(), false));
+    Arc::new(Schema::new(fields))
 }
 
 fn keys(batch: &RecordBatch) -> Vec<Option<Vec<u8>>> {

@@ -8,19 +8,24 @@
 //! every partial column the window state merges. A file that fails is
 //! reported with its path and DataFusion's message.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNode;
-use datafusion::datasource::MemTable;
+use datafusion::datasource::TableType;
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
-use datafusion::physical_plan::collect;
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::memory::{LazyBatchGenerator, LazyMemoryExec};
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use parking_lot::RwLock;
 
 use super::continuity::{PREVIOUS_SCHEMA, link_schema};
 use super::decode::raw_with_seq_schema;
@@ -99,24 +104,32 @@ pub struct SqlOutput {
 }
 
 /// A table the SQL reads: registered once, with a schema fixed at load time; each run
-/// puts its batch in, so the plans made at load time read it.
+/// puts its batch in, and the plans made at load time read whatever is in it when they
+/// execute.
 struct Input {
     name: &'static str,
     schema: SchemaRef,
-    data: Arc<tokio::sync::RwLock<Vec<RecordBatch>>>,
+    slot: Slot,
 }
+
+type Slot = Arc<Mutex<Option<RecordBatch>>>;
 
 impl Input {
     fn register(ctx: &SessionContext, name: &'static str, schema: SchemaRef) -> Result<Self> {
-        let table = MemTable::try_new(Arc::clone(&schema), vec![vec![]])?;
-        let data = Arc::clone(&table.batches[0]);
-        ctx.register_table(name, Arc::new(table))?;
-        Ok(Self { name, schema, data })
+        let slot = Slot::default();
+        ctx.register_table(
+            name,
+            Arc::new(SlotTable {
+                schema: Arc::clone(&schema),
+                slot: Arc::clone(&slot),
+            }),
+        )?;
+        Ok(Self { name, schema, slot })
     }
 
     /// Puts `batch` in, under the table's schema (the same columns; a column that is
     /// nullable in the batch but not in the table must hold no null).
-    async fn set(&self, batch: RecordBatch) -> Result<()> {
+    fn set(&self, batch: RecordBatch) -> Result<()> {
         let batch = if batch.schema() == self.schema {
             batch
         } else {
@@ -124,23 +137,94 @@ impl Input {
                 |e| Error::Internal(format!("table {}: batch does not fit: {e}", self.name)),
             )?
         };
-        *self.data.write().await = vec![batch];
+        *self.slot.lock().expect("slot lock") = Some(batch);
         Ok(())
     }
 
-    async fn clear(&self) {
-        self.data.write().await.clear();
+    fn clear(&self) {
+        *self.slot.lock().expect("slot lock") = None;
     }
 }
 
-/// One SQL file, planned and optimised once (at load time) against the inputs' schemas.
+/// The table provider of an [`Input`]: its scan reads the slot when the plan executes,
+/// not when it is planned, so one physical plan serves every micro-batch. It reports no
+/// statistics, so the planner cannot fold the load-time (empty) input into the plan.
+#[derive(Debug)]
+struct SlotTable {
+    schema: SchemaRef,
+    slot: Slot,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for SlotTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let reader = SlotReader {
+            slot: Arc::clone(&self.slot),
+            done: false,
+        };
+        let generator: Arc<RwLock<dyn LazyBatchGenerator>> = Arc::new(RwLock::new(reader));
+        Ok(Arc::new(
+            LazyMemoryExec::try_new(Arc::clone(&self.schema), vec![generator])?
+                .with_projection(projection.cloned()),
+        ))
+    }
+}
+
+/// Yields the slot's batch once per execution.
+#[derive(Debug)]
+struct SlotReader {
+    slot: Slot,
+    done: bool,
+}
+
+impl std::fmt::Display for SlotReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("micro-batch")
+    }
+}
+
+impl LazyBatchGenerator for SlotReader {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn generate_next_batch(&mut self) -> datafusion::error::Result<Option<RecordBatch>> {
+        if std::mem::replace(&mut self.done, true) {
+            return Ok(None);
+        }
+        Ok(self.slot.lock().expect("slot lock").clone())
+    }
+
+    fn reset_state(&self) -> Arc<RwLock<dyn LazyBatchGenerator>> {
+        Arc::new(RwLock::new(SlotReader {
+            slot: Arc::clone(&self.slot),
+            done: false,
+        }))
+    }
+}
+
+/// One SQL file, planned once (at load time) against the inputs' schemas: optimised,
+/// and physically planned too unless it is time dependent.
 struct Query {
     file: SqlFile,
     plan: LogicalPlan,
+    /// The physical plan every run executes (after resetting its operators' state).
+    physical: Option<Arc<dyn ExecutionPlan>>,
     schema: SchemaRef,
-    /// The plan calls a function whose value depends on when it runs (`now()`): the
-    /// optimiser folds those into constants, so such a plan is optimised again per run.
-    time_dependent: bool,
 }
 
 impl Query {
@@ -158,19 +242,34 @@ impl Query {
                 Ok(plan)
             })
             .map_err(|e| file.error(e))?;
-        let time_dependent = calls_stable_functions(&plan).map_err(|e| file.error(e))?;
-        let plan = if time_dependent {
-            plan
-        } else {
-            state.optimize(&plan).map_err(|e| file.error(e))?
-        };
         let schema: SchemaRef = Arc::clone(plan.schema().inner());
+        // A function whose value depends on when it runs (`now()`) is folded into a
+        // constant by the optimiser: such a plan is optimised and planned again per run.
+        if calls_stable_functions(&plan).map_err(|e| file.error(e))? {
+            return Ok(Self {
+                file,
+                plan,
+                physical: None,
+                schema,
+            });
+        }
+        let plan = state.optimize(&plan).map_err(|e| file.error(e))?;
+        let physical = state
+            .query_planner()
+            .create_physical_plan(&plan, &state)
+            .await
+            .map_err(|e| file.error(e))?;
         Ok(Self {
             file,
             plan,
+            physical: Some(physical),
             schema,
-            time_dependent,
         })
+    }
+
+    #[cfg(test)]
+    fn time_dependent(&self) -> bool {
+        self.physical.is_none()
     }
 }
 
@@ -228,7 +327,10 @@ impl SqlPipeline {
         let config = SessionConfig::new()
             // A micro-batch is small; one partition avoids repartitioning it per query.
             .with_target_partitions(1)
-            .with_information_schema(false);
+            .with_information_schema(false)
+            // Plans are executed again for every micro-batch (`reset_plan_states`), which
+            // dynamic filters do not support.
+            .set_bool("datafusion.optimizer.enable_dynamic_filter_pushdown", false);
         let ctx = SessionContext::new_with_config(config);
         ctx.register_udf(ScalarUDF::from(IsolationForestScore::new(scorer.clone())));
         ctx.register_udf(ScalarUDF::from(IsAnomaly::new(scorer.clone())));
@@ -249,7 +351,11 @@ impl SqlPipeline {
         }
         let clean_input = Input::register(&ctx, "clean", link_schema(&clean.schema))?;
         let features = Query::plan(&ctx, features).await?;
-        let records = Input::register(&ctx, "records", with_partition_field(&features.schema))?;
+        let records = Input::register(
+            &ctx,
+            "records",
+            with_partition_field(&super::processed_schema(&features.schema)),
+        )?;
         let aggregate = Query::plan(&ctx, aggregate).await?;
         let pipeline = Self {
             ctx,
@@ -297,7 +403,7 @@ impl SqlPipeline {
         let empty_raw = RecordBatch::new_empty(raw_with_seq_schema());
         let empty_prev = RecordBatch::new_empty(Arc::clone(&PREVIOUS_SCHEMA));
         let out = self.run(empty_raw, empty_prev).await?;
-        let records = with_partition_column(&out.features, &[])?;
+        let records = with_partition_column(&super::finish(&out.features, 0)?, &[])?;
         let partials = self.run_aggregate(records).await?;
         read_partials(&partials).map_err(|e| self.aggregate.file.error(e))?;
         Ok(())
@@ -305,9 +411,9 @@ impl SqlPipeline {
 
     /// Runs `aggregate.sql` on `records` (processed rows with `_partition`).
     pub async fn run_aggregate(&self, records: RecordBatch) -> Result<RecordBatch> {
-        self.records.set(records).await?;
+        self.records.set(records)?;
         let out = self.query(&self.aggregate).await;
-        self.records.clear().await;
+        self.records.clear();
         out
     }
 
@@ -320,18 +426,17 @@ impl SqlPipeline {
     async fn query(&self, query: &Query) -> Result<RecordBatch> {
         let file = &query.file;
         let state = self.ctx.state();
-        let optimized;
-        let plan = if query.time_dependent {
-            optimized = state.optimize(&query.plan).map_err(|e| file.error(e))?;
-            &optimized
-        } else {
-            &query.plan
+        let physical = match &query.physical {
+            Some(plan) => reset_plan_states(Arc::clone(plan)).map_err(|e| file.error(e))?,
+            None => {
+                let plan = state.optimize(&query.plan).map_err(|e| file.error(e))?;
+                state
+                    .query_planner()
+                    .create_physical_plan(&plan, &state)
+                    .await
+                    .map_err(|e| file.error(e))?
+            }
         };
-        let physical = state
-            .query_planner()
-            .create_physical_plan(plan, &state)
-            .await
-            .map_err(|e| file.error(e))?;
         let schema = physical.schema();
         let batches = collect(physical, state.task_ctx())
             .await
@@ -342,9 +447,9 @@ impl SqlPipeline {
     /// Runs `clean.sql` on `raw`, then `features.sql` on its output and `previous`.
     pub async fn run(&self, raw: RecordBatch, previous: RecordBatch) -> Result<SqlOutput> {
         let input_rows = raw.num_rows();
-        self.raw.set(raw).await?;
+        self.raw.set(raw)?;
         let clean = self.query(&self.clean).await;
-        self.raw.clear().await;
+        self.raw.clear();
         let clean = clean?;
         if clean.num_rows() > input_rows {
             return Err(self.clean.file.error(format!(
@@ -356,12 +461,11 @@ impl SqlPipeline {
         let clean_rows = clean.num_rows();
 
         self.clean_input
-            .set(super::continuity::with_links(&clean)?)
-            .await?;
-        self.previous.set(previous).await?;
+            .set(super::continuity::with_links(&clean)?)?;
+        self.previous.set(previous)?;
         let features = self.query(&self.features).await;
-        self.clean_input.clear().await;
-        self.previous.clear().await;
+        self.clean_input.clear();
+        self.previous.clear();
         let features = features?;
         if features.num_rows() != clean_rows {
             return Err(self.features.file.error(format!(
@@ -467,7 +571,7 @@ mod tests {
         let sql = pipeline_with(&repo_sql("clean.sql"), &features)
             .await
             .unwrap();
-        assert!(sql.features.time_dependent && !sql.clean.time_dependent);
+        assert!(sql.features.time_dependent() && !sql.clean.time_dependent());
         let raw = crate::pipeline::decode::decode(&[crate::bus::Message {
             topic: "t".into(),
             partition: 0,

@@ -216,7 +216,10 @@ async fn cancel_on_signal(stop: CancellationToken, what: &'static str) {
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let clock: SharedClock = Arc::new(SystemClock);
     let topics = TopicArgs::default();
-    let bus = MemoryBus::with_offset_base(100_000, clock.now_micros());
+    // Each subscriber may have two micro-batches waiting: enough to keep the processor
+    // busy, while a backfill's memory stays bounded (was 100,000 records per topic).
+    let capacity = 2 * (args.pipeline.batch_max_records as usize).max(1);
+    let bus = MemoryBus::with_offset_base(capacity, clock.now_micros());
     let mut raw = bus.subscribe(&topics.topic_raw);
     let dead_letters = bus.subscribe(&topics.topic_dead_letter);
     // The live store reads the output topics from the start: nothing to warm up.

@@ -1042,7 +1042,7 @@ fn archive_by_partition(
     ranges: &Ranges,
 ) -> Result<u64> {
     let single = ranges.len() == 1;
-    let mut parts = Vec::with_capacity(ranges.len());
+    let mut files = 0;
     for (&partition, &(first, last)) in ranges {
         let part = if single {
             batch.clone()
@@ -1054,26 +1054,10 @@ fn archive_by_partition(
             filter_record_batch(batch, &mask)?
         };
         if part.num_rows() > 0 {
-            parts.push((part, partition, first, last));
+            files += archive.write(&part, partition, first, last)?.len() as u64;
         }
     }
-    let write = |(part, partition, first, last): &(RecordBatch, i32, i64, i64)| {
-        archive
-            .write(part, *partition, *first, *last)
-            .map(|files| files.len() as u64)
-    };
-    if parts.len() <= 1 {
-        return parts.iter().map(write).sum();
-    }
-    // One thread per partition's file: the encodings share the cores and the fsyncs
-    // overlap (each file is synced before the batch commits).
-    std::thread::scope(|s| {
-        let writers: Vec<_> = parts.iter().map(|p| s.spawn(move || write(p))).collect();
-        writers
-            .into_iter()
-            .map(|w| w.join().expect("archive writer thread panicked"))
-            .sum()
-    })
+    Ok(files)
 }
 
 /// Runs the process stage until the bus ends or `shutdown` fires. A batch in progress is

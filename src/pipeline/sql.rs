@@ -2,11 +2,14 @@
 //! run by DataFusion on each micro-batch, and `sql/aggregate.sql` for the window partials.
 //!
 //! Files may use `${name}` settings (see [`SqlVars`]); they are substituted before planning.
-//! Both files are read-only queries (DDL, DML and statements are refused). At load time they
-//! are planned against empty inputs and checked: `clean.sql` keeps `_seq`,
-//! `features.sql` produces every column of the processed contract, and `aggregate.sql`
-//! every partial column the window state merges. A file that fails is
-//! reported with its path and DataFusion's message.
+//! The files are read-only queries (DDL, DML and statements are refused). At load time each
+//! is planned once, against the schemas of its inputs (`raw`, then what `clean.sql`
+//! returns, then the processed records), and run on empty inputs to check it: `clean.sql`
+//! keeps `_seq`, `features.sql` produces every column of the processed contract, and
+//! `aggregate.sql` every partial column the window state merges. A file that fails is
+//! reported with its path and DataFusion's message. Every micro-batch then executes the
+//! same physical plans again (only a file calling a time-dependent function such as `now()`
+//! is planned per batch): planning was most of the per-batch fixed cost.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -267,6 +270,15 @@ impl Query {
         })
     }
 
+    fn keeps_seq(&self) -> Result<()> {
+        match self.schema.field_with_name(SEQ_COLUMN) {
+            Ok(f) if f.data_type() == &DataType::Int64 => Ok(()),
+            _ => Err(self
+                .file
+                .error(format!("output must keep the {SEQ_COLUMN} column (Int64)"))),
+        }
+    }
+
     #[cfg(test)]
     fn time_dependent(&self) -> bool {
         self.physical.is_none()
@@ -338,17 +350,7 @@ impl SqlPipeline {
         let raw = Input::register(&ctx, "raw", raw_with_seq_schema())?;
         let previous = Input::register(&ctx, "previous", Arc::clone(&PREVIOUS_SCHEMA))?;
         let clean = Query::plan(&ctx, clean).await?;
-        if clean
-            .schema
-            .field_with_name(SEQ_COLUMN)
-            .map(|f| f.data_type().clone())
-            .ok()
-            != Some(DataType::Int64)
-        {
-            return Err(clean
-                .file
-                .error(format!("output must keep the {SEQ_COLUMN} column (Int64)")));
-        }
+        clean.keeps_seq()?;
         let clean_input = Input::register(&ctx, "clean", link_schema(&clean.schema))?;
         let features = Query::plan(&ctx, features).await?;
         let records = Input::register(
@@ -373,18 +375,8 @@ impl SqlPipeline {
 
     /// Runs the three files on empty inputs and checks their output columns.
     async fn check(&self) -> Result<()> {
+        self.features.keeps_seq()?;
         let schema = &self.features.schema;
-        if schema
-            .field_with_name(SEQ_COLUMN)
-            .map(|f| f.data_type().clone())
-            .ok()
-            != Some(DataType::Int64)
-        {
-            return Err(self
-                .features
-                .file
-                .error(format!("output must keep the {SEQ_COLUMN} column (Int64)")));
-        }
         let missing: Vec<String> = processed_contract_columns()
             .into_iter()
             .filter(|c| c != PROCESSING_TIMESTAMP && schema.field_with_name(c).is_err())

@@ -2,8 +2,8 @@
 //! (nulls explicit), non-finite floats written as null so the output is always valid JSON.
 //!
 //! The columns the processed contract uses (strings, integers, floats, booleans, UTC
-//! timestamps) are written by a row encoder made for this: each row straight into its own
-//! payload, keys escaped once per batch, numbers by lexical-core and timestamps as RFC 3339
+//! timestamps, lists of those) are written by a row encoder made for this: each row into its
+//! own payload, keys escaped once per batch, numbers by lexical-core and timestamps as RFC 3339
 //! by hand, byte for byte what arrow-json writes. A batch with any other column type (a
 //! user's features.sql may add one) goes through arrow-json's writer instead.
 

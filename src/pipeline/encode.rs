@@ -323,8 +323,8 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{
-        ArrayRef, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, LargeStringArray,
-        ListArray, StringArray, TimestampMicrosecondArray, UInt8Array, UInt64Array,
+        ArrayRef, Float32Array, Float64Array, Int64Array, LargeStringArray, ListArray, StringArray,
+        TimestampMicrosecondArray,
     };
     use arrow::datatypes::{DataType, Field, Schema};
 
@@ -336,7 +336,7 @@ mod tests {
     ) -> RecordBatch {
         let n = floats.len();
         assert!(stamps.len() == n && texts.len() == n);
-        let ints: Vec<Option<i64>> = (0..n as i64)
+        let ints: Int64Array = (0..n as i64)
             .map(|i| match i % 4 {
                 0 => None,
                 1 => Some(i64::MIN),
@@ -358,31 +358,11 @@ mod tests {
                         .collect::<Vec<_>>(),
                 )),
             ),
-            ("i64", Arc::new(Int64Array::from(ints.clone()))),
-            (
-                "i32",
-                Arc::new(Int32Array::from(
-                    ints.iter().map(|v| v.map(|v| v as i32)).collect::<Vec<_>>(),
-                )),
-            ),
-            (
-                "i16",
-                Arc::new(Int16Array::from(
-                    ints.iter().map(|v| v.map(|v| v as i16)).collect::<Vec<_>>(),
-                )),
-            ),
-            (
-                "u64",
-                Arc::new(UInt64Array::from(
-                    ints.iter().map(|v| v.map(|v| v as u64)).collect::<Vec<_>>(),
-                )),
-            ),
-            (
-                "u8",
-                Arc::new(UInt8Array::from(
-                    ints.iter().map(|v| v.map(|v| v as u8)).collect::<Vec<_>>(),
-                )),
-            ),
+            ("i64", Arc::new(ints.clone())),
+            ("i32", Arc::new(ints.unary::<_, Int32Type>(|v| v as i32))),
+            ("i16", Arc::new(ints.unary::<_, Int16Type>(|v| v as i16))),
+            ("u64", Arc::new(ints.unary::<_, UInt64Type>(|v| v as u64))),
+            ("u8", Arc::new(ints.unary::<_, UInt8Type>(|v| v as u8))),
             (
                 "bool",
                 Arc::new(BooleanArray::from(
@@ -399,7 +379,7 @@ mod tests {
                     ints.iter().map(|v| match v {
                         None => None,
                         Some(v) if v % 3 == 0 => Some(vec![]),
-                        Some(v) => Some(vec![Some(*v as i32), None, Some(7)]),
+                        Some(v) => Some(vec![Some(v as i32), None, Some(7)]),
                     }),
                 )),
             ),

@@ -368,7 +368,6 @@ impl Processor {
     /// partitions' records arrive again.
     pub fn reset(&mut self) {
         self.partitions.clear();
-        self.uncommitted_ingest.clear();
         if self.config.topics.partials.is_some() {
             self.merger = None;
         }

@@ -22,6 +22,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::datasource::TableType;
+use datafusion::execution::SessionState;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
@@ -220,14 +221,31 @@ impl LazyBatchGenerator for SlotReader {
     }
 }
 
-/// One SQL file, planned once (at load time) against the inputs' schemas: optimised,
-/// and physically planned too unless it is time dependent.
+/// One SQL file, planned once (at load time) against the inputs' schemas.
 struct Query {
     file: SqlFile,
-    plan: LogicalPlan,
-    /// The physical plan every run executes (after resetting its operators' state).
-    physical: Option<Arc<dyn ExecutionPlan>>,
+    plan: Plan,
     schema: SchemaRef,
+}
+
+enum Plan {
+    /// The physical plan every run executes (after resetting its operators' state).
+    Reused(Arc<dyn ExecutionPlan>),
+    /// The logical plan of a file calling a function whose value depends on when it runs
+    /// (`now()`): the optimiser folds those into constants, so it is planned per run.
+    PerRun(LogicalPlan),
+}
+
+/// Optimises `plan` and plans it physically.
+async fn physical_plan(
+    state: &SessionState,
+    plan: &LogicalPlan,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    let plan = state.optimize(plan)?;
+    state
+        .query_planner()
+        .create_physical_plan(&plan, state)
+        .await
 }
 
 impl Query {
@@ -246,28 +264,16 @@ impl Query {
             })
             .map_err(|e| file.error(e))?;
         let schema: SchemaRef = Arc::clone(plan.schema().inner());
-        // A function whose value depends on when it runs (`now()`) is folded into a
-        // constant by the optimiser: such a plan is optimised and planned again per run.
-        if calls_stable_functions(&plan).map_err(|e| file.error(e))? {
-            return Ok(Self {
-                file,
-                plan,
-                physical: None,
-                schema,
-            });
-        }
-        let plan = state.optimize(&plan).map_err(|e| file.error(e))?;
-        let physical = state
-            .query_planner()
-            .create_physical_plan(&plan, &state)
-            .await
-            .map_err(|e| file.error(e))?;
-        Ok(Self {
-            file,
-            plan,
-            physical: Some(physical),
-            schema,
-        })
+        let plan = if calls_stable_functions(&plan).map_err(|e| file.error(e))? {
+            Plan::PerRun(plan)
+        } else {
+            Plan::Reused(
+                physical_plan(&state, &plan)
+                    .await
+                    .map_err(|e| file.error(e))?,
+            )
+        };
+        Ok(Self { file, plan, schema })
     }
 
     fn keeps_seq(&self) -> Result<()> {
@@ -281,7 +287,7 @@ impl Query {
 
     #[cfg(test)]
     fn time_dependent(&self) -> bool {
-        self.physical.is_none()
+        matches!(self.plan, Plan::PerRun(_))
     }
 }
 
@@ -418,17 +424,11 @@ impl SqlPipeline {
     async fn query(&self, query: &Query) -> Result<RecordBatch> {
         let file = &query.file;
         let state = self.ctx.state();
-        let physical = match &query.physical {
-            Some(plan) => reset_plan_states(Arc::clone(plan)).map_err(|e| file.error(e))?,
-            None => {
-                let plan = state.optimize(&query.plan).map_err(|e| file.error(e))?;
-                state
-                    .query_planner()
-                    .create_physical_plan(&plan, &state)
-                    .await
-                    .map_err(|e| file.error(e))?
-            }
-        };
+        let physical = match &query.plan {
+            Plan::Reused(plan) => reset_plan_states(Arc::clone(plan)),
+            Plan::PerRun(plan) => physical_plan(&state, plan).await,
+        }
+        .map_err(|e| file.error(e))?;
         let schema = physical.schema();
         let batches = collect(physical, state.task_ctx())
             .await

@@ -14,7 +14,7 @@ use common::corpus::valid_record;
 use contrail::bus::Message;
 use contrail::ingest::opensky::parse_states;
 use contrail::ingest::validate::validate;
-use contrail::pipeline::decode::decode;
+use contrail::pipeline::decode::{Decoded, decode, decode_with_arrow_json};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -26,6 +26,116 @@ fn message(i: usize, payload: Vec<u8>) -> Message {
         key: None,
         payload,
     }
+}
+
+/// Decodes `messages`, and checks the answer is arrow-json's alone (the fast parser takes
+/// only what arrow-json takes, and gives the same values).
+fn decode_checked(messages: &[Message]) -> Result<Decoded, TestCaseError> {
+    let d = decode(messages).unwrap();
+    let reference = decode_with_arrow_json(messages).unwrap();
+    prop_assert_eq!(&d.batch, &reference.batch);
+    prop_assert_eq!(&d.rejected, &reference.rejected);
+    Ok(d)
+}
+
+/// A timestamp as text: RFC 3339 with 0-10 fraction digits, mostly in UTC (`Z`, `+00:00`),
+/// sometimes with another offset, none, or a lowercase `z`.
+fn timestamp_text() -> impl Strategy<Value = String> {
+    (
+        -62_135_596_800i64..253_402_300_800,
+        0u32..1_000_000_000,
+        0usize..=10,
+        prop_oneof![8 => Just("Z"), 4 => Just("+00:00"), 1 => Just("+01:00"), 1 => Just(""), 1 => Just("z")],
+    )
+        .prop_map(|(secs, nanos, digits, suffix)| {
+            let t = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            let fraction = format!(".{nanos:09}0");
+            let fraction = if digits == 0 { "" } else { &fraction[..=digits] };
+            format!("{}{fraction}{suffix}", t.format("%Y-%m-%dT%H:%M:%S"))
+        })
+}
+
+/// A raw record with arbitrary values, mostly of the right kinds (any float, any integer,
+/// printable or arbitrary strings), now and then null where null is not allowed or a
+/// value of another kind; written compactly or pretty-printed.
+fn raw_record() -> impl Strategy<Value = Vec<u8>> {
+    fn float() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            8 => any::<f64>().prop_map(|f| json!(f)),
+            4 => (-1000i64..1000).prop_map(|i| json!(i)),
+            1 => Just(Value::Null),
+            1 => Just(json!("1.5")),
+        ]
+    }
+    fn text() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            8 => "[ -~]{0,12}".prop_map(Value::String),
+            2 => any::<String>().prop_map(Value::String),
+            1 => Just(Value::Null),
+            1 => Just(json!(7)),
+        ]
+    }
+    fn integer() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => (-5i64..20).prop_map(|i| json!(i)),
+            4 => any::<i32>().prop_map(|i| json!(i)),
+            2 => any::<i64>().prop_map(|i| json!(i)),
+            1 => Just(Value::Null),
+            1 => Just(json!(2.0)),
+        ]
+    }
+    fn boolean() -> impl Strategy<Value = Value> {
+        prop_oneof![8 => any::<bool>().prop_map(Value::Bool), 1 => Just(Value::Null)]
+    }
+    fn sensors() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => prop::collection::vec(prop::option::of(any::<i32>()), 0..4).prop_map(|v| json!(v)),
+            2 => Just(Value::Null),
+            1 => prop::collection::vec(any::<i64>(), 1..3).prop_map(|v| json!(v)),
+        ]
+    }
+    let timestamp =
+        || prop_oneof![8 => timestamp_text().prop_map(Value::String), 1 => Just(Value::Null)];
+    (
+        (timestamp(), text(), text(), text(), timestamp()),
+        (
+            float(),
+            float(),
+            float(),
+            float(),
+            float(),
+            float(),
+            float(),
+        ),
+        (
+            boolean(),
+            boolean(),
+            text(),
+            integer(),
+            integer(),
+            integer(),
+            sensors(),
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(strings, floats, rest, pretty)| {
+            let (ts, icao24, callsign, country, ingest) = strings;
+            let (lat, lon, velocity, baro, geo, vrate, heading) = floats;
+            let (on_ground, spi, squawk, source, category, last_contact, sensors) = rest;
+            let v = json!({
+                "timestamp": ts, "icao24": icao24, "callsign": callsign,
+                "origin_country": country, "latitude": lat, "longitude": lon,
+                "velocity": velocity, "baro_altitude": baro, "geo_altitude": geo,
+                "vertical_rate": vrate, "heading": heading, "on_ground": on_ground,
+                "squawk": squawk, "spi": spi, "position_source": source, "category": category,
+                "sensors": sensors, "last_contact": last_contact, "ingest_timestamp": ingest,
+            });
+            if pretty {
+                serde_json::to_vec_pretty(&v).unwrap()
+            } else {
+                serde_json::to_vec(&v).unwrap()
+            }
+        })
 }
 
 /// A mutation of some bytes: (kind, position, byte).
@@ -153,17 +263,37 @@ proptest! {
             prop_assert!((-90.0..=90.0).contains(&lat));
             r.ingest_timestamp = Some(chrono::Utc::now());
             let published = r.to_json();
-            let d = decode(&[message(0, published.clone())]).unwrap();
+            let d = decode_checked(&[message(0, published.clone())])?;
             prop_assert_eq!(d.batch.num_rows(), 1, "validated but not decoded: {} ({:?})",
                 String::from_utf8_lossy(&published), d.rejected);
         }
+    }
+
+    /// Records with arbitrary values, whole or mutated, one by one and as a batch: the
+    /// decoder's fast parser and arrow-json give the same rows and the same rejects.
+    #[test]
+    fn fast_parser_agrees_with_arrow_json(
+        records in prop::collection::vec((raw_record(), prop::option::of(edits())), 1..8),
+    ) {
+        let messages: Vec<Message> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (bytes, e))| message(i, match e {
+                Some(e) => mutate(bytes, &e),
+                None => bytes,
+            }))
+            .collect();
+        for m in &messages {
+            decode_checked(std::slice::from_ref(m))?;
+        }
+        decode_checked(&messages)?;
     }
 
     /// One field replaced by arbitrary JSON: both parsers answer without panicking.
     #[test]
     fn a_field_of_any_json_type(bytes in record_with_one_field_replaced()) {
         let _ = validate(&bytes);
-        let d = decode(&[message(0, bytes)]).unwrap();
+        let d = decode_checked(&[message(0, bytes)])?;
         prop_assert_eq!(d.batch.num_rows() + d.rejected.len(), 1);
     }
 
@@ -188,7 +318,7 @@ proptest! {
             }
             messages.push(message(messages.len(), payload));
         }
-        let d = decode(&messages).unwrap();
+        let d = decode_checked(&messages)?;
         prop_assert_eq!(d.batch.num_rows() + d.rejected.len(), messages.len());
         let seq: Vec<i64> = d.batch.column_by_name("_seq").unwrap()
             .as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().values().to_vec();

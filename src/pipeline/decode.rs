@@ -1,18 +1,21 @@
 //! JSON -> Arrow: a micro-batch of raw payloads becomes one `RecordBatch` with the raw
 //! schema plus `_seq` (the message's index in the micro-batch).
 //!
-//! The hot path feeds every payload to one arrow-json `Decoder` (no `serde_json::Value` per
-//! record). Only when that fails, or a payload does not hold exactly one object, does it
-//! decode the payloads one by one to find the bad ones; those come back as rejects with
-//! the decoder's message, and their neighbours are unaffected.
+//! The hot path is a parser for the raw schema that writes into Arrow builders
+//! ([`raw_parser`](super::raw_parser)); it takes the records ingest publishes and leaves
+//! anything it does not take to arrow-json's `Decoder`, which decodes the rest or says why
+//! not. arrow-json gets all of those payloads in one decoder; only when that fails does it
+//! decode them one by one to find the bad ones, which come back as rejects with the
+//! decoder's message. Their neighbours are unaffected.
 
 use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch};
-use arrow::compute::concat_batches;
+use arrow::compute::{concat_batches, interleave_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::ReaderBuilder;
 
+use super::raw_parser::RawBuilder;
 use crate::bus::Message;
 use crate::error::Result;
 use crate::schema::{MAX_RECORD_BYTES, RAW_SCHEMA, SEQ_COLUMN};
@@ -66,29 +69,100 @@ fn decode_all<'a>(
     decoder.flush().map_err(|e| e.to_string())
 }
 
-/// Decodes the payloads of `messages`.
+/// Decodes the payloads of `messages`: every payload the fast parser
+/// ([`raw_parser`](super::raw_parser)) accepts goes straight into column builders; the
+/// others go to arrow-json, which decodes them or gives the reason they are rejected.
 pub fn decode(messages: &[Message]) -> Result<Decoded> {
+    let mut fast = RawBuilder::with_capacity(messages.len());
+    let mut fast_seq = Vec::with_capacity(messages.len());
+    let mut others = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if m.payload.len() <= MAX_RECORD_BYTES && fast.push(&m.payload) {
+            fast_seq.push(i as i64);
+        } else {
+            others.push(i);
+        }
+    }
     let schema = raw_with_seq_schema();
-    let fast = decode_all(
-        messages.iter().map(|m| m.payload.as_slice()),
-        messages.len(),
+    let fast = fast.finish()?;
+    if others.is_empty() {
+        return Ok(Decoded {
+            batch: with_seq(&schema, Some(fast), fast_seq)?,
+            rejected: Vec::new(),
+        });
+    }
+    let slow = with_arrow_json(messages, &others)?;
+    // Both parts are in message order: merge them by `_seq`.
+    let mut picks = Vec::with_capacity(fast_seq.len() + slow.seq.len());
+    let (mut f, mut o) = (0, 0);
+    while f < fast_seq.len() || o < slow.seq.len() {
+        if o == slow.seq.len() || (f < fast_seq.len() && fast_seq[f] < slow.seq[o]) {
+            picks.push((0, f));
+            f += 1;
+        } else {
+            picks.push((1, o));
+            o += 1;
+        }
+    }
+    let batch = interleave_record_batch(&[&fast, &slow.batch], &picks)?;
+    let seq = picks
+        .iter()
+        .map(|&(part, row)| {
+            if part == 0 {
+                fast_seq[row]
+            } else {
+                slow.seq[row]
+            }
+        })
+        .collect();
+    Ok(Decoded {
+        batch: with_seq(&schema, Some(batch), seq)?,
+        rejected: slow.rejected,
+    })
+}
+
+/// What [`decode`] answers, from arrow-json alone: the reference the fast parser is tested
+/// against.
+pub fn decode_with_arrow_json(messages: &[Message]) -> Result<Decoded> {
+    let all: Vec<usize> = (0..messages.len()).collect();
+    let part = with_arrow_json(messages, &all)?;
+    Ok(Decoded {
+        batch: with_seq(&raw_with_seq_schema(), Some(part.batch), part.seq)?,
+        rejected: part.rejected,
+    })
+}
+
+/// The rows arrow-json decoded from some of the messages.
+struct Part {
+    /// Raw schema, rows in message order.
+    batch: RecordBatch,
+    /// Message index of each row.
+    seq: Vec<i64>,
+    rejected: Vec<(usize, String)>,
+}
+
+/// Decodes `messages[i]` for every `i` in `indices` (ascending) with arrow-json: all in one
+/// decoder, or, when that fails, one by one to find the bad ones.
+fn with_arrow_json(messages: &[Message], indices: &[usize]) -> Result<Part> {
+    let together = decode_all(
+        indices.iter().map(|&i| messages[i].payload.as_slice()),
+        indices.len(),
     );
-    if let Ok(batch) = fast {
-        let rows = batch.as_ref().map_or(0, RecordBatch::num_rows);
-        if rows == messages.len() {
-            let seq: Vec<i64> = (0..rows as i64).collect();
-            return Ok(Decoded {
-                batch: with_seq(&schema, batch, seq)?,
+    if let Ok(batch) = together {
+        let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&RAW_SCHEMA)));
+        if batch.num_rows() == indices.len() {
+            return Ok(Part {
+                batch,
+                seq: indices.iter().map(|&i| i as i64).collect(),
                 rejected: Vec::new(),
             });
         }
     }
-    // Slow path: one payload at a time.
     let mut good = Vec::new();
     let mut seq = Vec::new();
     let mut rejected = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        match decode_all(std::iter::once(m.payload.as_slice()), 1) {
+    for &i in indices {
+        match decode_all(std::iter::once(messages[i].payload.as_slice()), 1) {
             Ok(Some(b)) if b.num_rows() == 1 => {
                 good.push(b);
                 seq.push(i as i64);
@@ -97,9 +171,9 @@ pub fn decode(messages: &[Message]) -> Result<Decoded> {
             Err(e) => rejected.push((i, e)),
         }
     }
-    let batch = concat_batches(&RAW_SCHEMA, &good)?;
-    Ok(Decoded {
-        batch: with_seq(&schema, Some(batch), seq)?,
+    Ok(Part {
+        batch: concat_batches(&RAW_SCHEMA, &good)?,
+        seq,
         rejected,
     })
 }

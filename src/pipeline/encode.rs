@@ -276,7 +276,7 @@ fn write_timestamp(buf: &mut Vec<u8>, us: i64) {
     digits(sod % 60, 2, buf);
     if micros != 0 {
         buf.push(b'.');
-        if micros % 1000 == 0 {
+        if micros.is_multiple_of(1000) {
             digits(micros / 1000, 3, buf);
         } else {
             digits(micros, 6, buf);

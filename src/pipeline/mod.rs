@@ -16,6 +16,7 @@ pub mod continuity;
 pub mod decode;
 pub mod encode;
 pub mod merge;
+mod raw_parser;
 pub mod sql;
 pub mod window;
 

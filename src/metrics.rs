@@ -59,6 +59,11 @@ impl<B: Buckets> Default for Histogram<B> {
 }
 
 impl<B: Buckets> Histogram<B> {
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
     pub fn observe(&self, v: f64) {
         let i = B::BOUNDS.partition_point(|b| *b < v);
         self.counts[i].fetch_add(1, Ordering::Relaxed);

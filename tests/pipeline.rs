@@ -694,3 +694,153 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
         "{got:?}"
     );
 }
+
+/// A bus whose commits finish in the background and can be made to fail: a log of
+/// messages, a read position and a committed position, as a Kafka partition has.
+struct BackgroundCommits {
+    log: Vec<Message>,
+    read: usize,
+    committed: Arc<std::sync::Mutex<usize>>,
+    published: Arc<std::sync::Mutex<Vec<OutRecord>>>,
+    /// Set while a commit is under way.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    /// The commits (counted from 1) that fail after they began.
+    fail: Vec<usize>,
+    commits: usize,
+    recoveries: usize,
+}
+
+#[async_trait::async_trait]
+impl contrail::bus::BatchConsumer for BackgroundCommits {
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        _: std::time::Duration,
+    ) -> contrail::error::Result<Option<Vec<Message>>> {
+        if self.read == self.log.len() {
+            return Ok(None);
+        }
+        let end = (self.read + max_records).min(self.log.len());
+        let batch = self.log[self.read..end].to_vec();
+        self.read = end;
+        Ok(Some(batch))
+    }
+
+    async fn commit(&mut self, outputs: Vec<OutRecord>) -> contrail::error::Result<()> {
+        self.start_commit(outputs).await?.await
+    }
+
+    async fn start_commit(
+        &mut self,
+        outputs: Vec<OutRecord>,
+    ) -> contrail::error::Result<contrail::bus::PendingCommit> {
+        use std::sync::atomic::Ordering;
+        assert!(
+            !self.busy.swap(true, Ordering::SeqCst),
+            "a commit began before the previous one was awaited"
+        );
+        self.commits += 1;
+        let fails = self.fail.contains(&self.commits);
+        let (read, busy) = (self.read, Arc::clone(&self.busy));
+        let (committed, published) = (Arc::clone(&self.committed), Arc::clone(&self.published));
+        Ok(Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            busy.store(false, Ordering::SeqCst);
+            if fails {
+                return Err(contrail::error::Error::Bus(
+                    "injected commit failure".into(),
+                ));
+            }
+            published.lock().unwrap().extend(outputs);
+            *committed.lock().unwrap() = read;
+            Ok(())
+        }))
+    }
+
+    async fn recover(&mut self) -> contrail::error::Result<()> {
+        self.recoveries += 1;
+        self.read = *self.committed.lock().unwrap();
+        Ok(())
+    }
+}
+
+/// `run_process` processes a batch while the previous one commits: it never begins a
+/// commit before the last one is done, and when a commit fails after the next batch was
+/// processed, both batches are read and processed again: every record is published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_failing_in_the_background_voids_the_batches_after_it() {
+    let msgs = messages(&inputs());
+    let run = |fail: Vec<usize>| {
+        let msgs = msgs.clone();
+        async move {
+            let (mut p, stats) = processor(None).await;
+            let mut bus = BackgroundCommits {
+                log: msgs,
+                read: 0,
+                committed: Default::default(),
+                published: Default::default(),
+                busy: Default::default(),
+                fail,
+                commits: 0,
+                recoveries: 0,
+            };
+            contrail::pipeline::run_process(&mut p, &mut bus, Default::default())
+                .await
+                .unwrap();
+            // Each processed record by aircraft and report time.
+            let processed: Vec<(String, i64)> = bus
+                .published
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.topic == PROCESSED)
+                .map(|r| {
+                    let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                    (v["icao24"].to_string(), v["last_contact"].as_i64().unwrap())
+                })
+                .collect();
+            let committed = *bus.committed.lock().unwrap();
+            let batches = stats.batch_records.count();
+            let latencies = stats.latency.count();
+            (
+                processed,
+                committed,
+                bus.recoveries,
+                bus.commits,
+                batches,
+                latencies,
+            )
+        }
+    };
+    let (reference, committed, recoveries, commits, batches, latencies) = run(Vec::new()).await;
+    assert_eq!(committed, msgs.len());
+    assert_eq!(recoveries, 0);
+    assert!(
+        commits > 3,
+        "{} messages made only {commits} commits",
+        msgs.len()
+    );
+    assert_eq!(
+        batches as usize,
+        commits - 1,
+        "the final commit holds no batch"
+    );
+    assert_eq!(
+        latencies as usize,
+        reference.len(),
+        "one latency per processed record, measured when its own batch committed"
+    );
+    let mut once = reference.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), reference.len(), "a record published twice");
+
+    let (failed, committed, recoveries, commits_then, _, _) = run(vec![2]).await;
+    assert_eq!(committed, msgs.len());
+    assert_eq!(recoveries, 1);
+    assert_eq!(commits_then, commits + 1, "batches 2 and 3 were read again");
+    let (mut failed, mut reference) = (failed, reference);
+    failed.sort();
+    reference.sort();
+    assert_eq!(failed, reference);
+}

@@ -24,7 +24,9 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{BatchConsumer, ChangelogReader, ChangelogRecord, Message, OutRecord, Publisher};
+use super::{
+    BatchConsumer, ChangelogReader, ChangelogRecord, Message, OutRecord, PendingCommit, Publisher,
+};
 use crate::error::{Error, Result};
 
 /// How long a transactional call may wait for the broker before the batch fails.
@@ -258,23 +260,58 @@ impl KafkaBatchConsumer {
             .map_err(|e| Error::kafka("committing offsets", e))
     }
 
-    async fn commit_transaction(&mut self, outputs: &[OutRecord]) -> Result<()> {
-        let producer = self.producer.clone();
-        blocking(move || producer.begin_transaction())
-            .await
-            .map_err(|e| Error::kafka("beginning transaction", e))?;
-        send_all(&self.producer, outputs).await?;
+    /// Begins a transaction and adds the offsets of everything handed out so far to it,
+    /// then produces `outputs` and commits on a task of its own.
+    ///
+    /// The offsets go first, before this returns: the group checks them against this
+    /// member's generation now, before the next poll can take part in a rebalance. Should
+    /// a partition move while the rest is in flight, its next owner waits for this
+    /// transaction (a `read_committed` consumer asks for stable offsets) rather than
+    /// reading the same records again.
+    async fn start_transaction(&mut self, outputs: Vec<OutRecord>) -> Result<PendingCommit> {
         let offsets = self.offsets()?;
         let metadata = self.consumer.group_metadata().ok_or_else(|| {
             Error::Bus("consumer has no group metadata (not in a consumer group yet)".into())
         })?;
         let producer = self.producer.clone();
-        blocking(move || {
-            producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
-            producer.commit_transaction(TXN_TIMEOUT)
+        let begun = blocking(move || {
+            producer.begin_transaction()?;
+            producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
         })
         .await
-        .map_err(|e| Error::kafka("committing transaction", e))
+        .map_err(|e| Error::kafka("beginning transaction", e));
+        if let Err(e) = begun {
+            abort(&self.producer).await;
+            return Err(e);
+        }
+        self.positions.clear();
+        let producer = self.producer.clone();
+        let task = tokio::spawn(async move {
+            let mut result = send_all(&producer, &outputs).await;
+            if result.is_ok() {
+                let p = producer.clone();
+                result = blocking(move || p.commit_transaction(TXN_TIMEOUT))
+                    .await
+                    .map_err(|e| Error::kafka("committing transaction", e));
+            }
+            if result.is_err() {
+                abort(&producer).await;
+            }
+            result
+        });
+        Ok(Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(Error::Bus(format!("the commit task failed: {e}"))))
+        }))
+    }
+}
+
+/// Aborts the open transaction after a failure (what it reports is logged: the failure
+/// that led here is the one to return).
+async fn abort(producer: &FutureProducer) {
+    let producer = producer.clone();
+    if let Err(abort) = blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
+        tracing::error!(error = %abort, "aborting the failed transaction also failed");
     }
 }
 
@@ -430,15 +467,15 @@ impl BatchConsumer for KafkaBatchConsumer {
             self.positions.clear();
             return Ok(());
         }
-        if let Err(e) = self.commit_transaction(&outputs).await {
-            let producer = self.producer.clone();
-            if let Err(abort) = blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
-                tracing::error!(error = %abort, "aborting the failed transaction also failed");
-            }
-            return Err(e);
+        self.start_transaction(outputs).await?.await
+    }
+
+    async fn start_commit(&mut self, outputs: Vec<OutRecord>) -> Result<PendingCommit> {
+        if !self.config.transactional || (self.positions.is_empty() && outputs.is_empty()) {
+            self.commit(outputs).await?;
+            return Ok(Box::pin(std::future::ready(Ok(()))));
         }
-        self.positions.clear();
-        Ok(())
+        self.start_transaction(outputs).await
     }
 
     fn take_revoked(&mut self) -> Vec<(String, i32)> {

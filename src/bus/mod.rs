@@ -11,6 +11,8 @@ pub mod file;
 pub mod kafka;
 pub mod memory;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -71,6 +73,10 @@ pub trait Publisher: Send + Sync {
     async fn publish(&self, records: Vec<OutRecord>) -> Result<()>;
 }
 
+/// The rest of a commit [`BatchConsumer::start_commit`] began: resolves when the commit is
+/// done or has failed.
+pub type PendingCommit = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
 /// Reads micro-batches and commits them with their outputs.
 #[async_trait]
 pub trait BatchConsumer: Send {
@@ -86,6 +92,19 @@ pub trait BatchConsumer: Send {
     /// Publishes `outputs` and marks every record returned by `next_batch` since the last
     /// commit as consumed, atomically where the bus supports it.
     async fn commit(&mut self, outputs: Vec<OutRecord>) -> Result<()>;
+
+    /// [`BatchConsumer::commit`], returning as soon as the commit's place in the stream is
+    /// fixed: it takes `outputs` and every record handed out so far, and what is left of the
+    /// commit runs by itself, so the caller can read and process the next batch meanwhile.
+    /// The caller awaits the returned future before it commits again; when that fails, it
+    /// calls [`BatchConsumer::recover`], which voids this batch and any read after it.
+    ///
+    /// By default (buses whose commits are quick or not atomic) the whole commit happens
+    /// before this returns.
+    async fn start_commit(&mut self, outputs: Vec<OutRecord>) -> Result<PendingCommit> {
+        self.commit(outputs).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 
     /// Partitions taken away from this consumer since the last call. Records of theirs
     /// handed out but not committed are void: their new owner reads them again. State kept

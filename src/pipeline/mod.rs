@@ -33,7 +33,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::ArchiveWriter;
-use crate::bus::{BatchConsumer, ChangelogReader, Message, OutRecord};
+use crate::bus::{BatchConsumer, ChangelogReader, Message, OutRecord, PendingCommit};
 use crate::clock::SharedClock;
 use crate::config::topic;
 use crate::dead_letter::DeadLetter;
@@ -175,7 +175,7 @@ pub struct Processor {
     progress: Vec<Vec<u8>>,
     /// Last offset processed per partition (names the archive files `finish` writes).
     last_offsets: BTreeMap<i32, i64>,
-    /// `ingest_timestamp` (µs) of the records processed since the last commit.
+    /// `ingest_timestamp` (µs) of the records of the last batch processed.
     uncommitted_ingest: Vec<i64>,
 }
 
@@ -375,16 +375,15 @@ impl Processor {
     }
 
     /// After a micro-batch of `records` raw records was committed `took` after it began:
-    /// the batch histograms, and the end-to-end latency of every processed record in it.
-    fn committed(&mut self, records: usize, took: std::time::Duration) {
+    /// the batch histograms, and the end-to-end latency of every processed record in it
+    /// (`ingest`: their `ingest_timestamp`s).
+    fn committed(&mut self, records: usize, took: std::time::Duration, ingest: &[i64]) {
         self.stats.batch_records.observe(records as f64);
         self.stats.batch_seconds.observe(took.as_secs_f64());
         let now = self.clock.now_micros();
-        self.stats.latency.observe_all(
-            self.uncommitted_ingest
-                .drain(..)
-                .map(|t| (now - t) as f64 / 1e6),
-        );
+        self.stats
+            .latency
+            .observe_all(ingest.iter().map(|t| (now - t) as f64 / 1e6));
     }
 
     /// Hot reload at a batch boundary: a changed model file is loaded, validated and
@@ -1063,6 +1062,10 @@ fn archive_by_partition(
 /// Runs the process stage until the bus ends or `shutdown` fires. A batch in progress is
 /// always finished and committed; shutdown only interrupts the wait for the next one.
 ///
+/// The commit of a batch runs while the next one is read and processed (on buses that
+/// commit in the background, [`BatchConsumer::start_commit`]); it is awaited before that
+/// one commits, and before this returns.
+///
 /// A failed commit (the broker went away, the group moved on) is not the end: the bus
 /// rewinds to its committed position, the state is dropped and restored from the
 /// changelog, and the voided batches are processed again.
@@ -1076,34 +1079,38 @@ pub async fn run_process(
         processor.config.batch_max_wait,
     );
     let partials = processor.config.topics.partials.clone();
+    let mut in_flight: Option<InFlight> = None;
     loop {
         let batch = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
-            batch = consumer.next_batch(max_records, max_wait) => batch?,
+            () = shutdown.cancelled() => return settle(processor, in_flight.take()).await,
+            batch = consumer.next_batch(max_records, max_wait) => batch,
         };
-        processor.revoke(&consumer.take_revoked());
-        if let Some(lag) = consumer.lag() {
-            *processor.stats.lag.lock().expect("lag lock") = lag;
-        }
-        let Some(messages) = batch else {
-            let outputs = processor.finish()?;
-            return consumer.commit(outputs).await;
+        let result = match batch {
+            Err(e) => {
+                settle(processor, in_flight.take()).await?;
+                return Err(e);
+            }
+            Ok(None) => {
+                settle(processor, in_flight.take()).await?;
+                let outputs = processor.finish()?;
+                return consumer.commit(outputs).await;
+            }
+            Ok(Some(messages)) => {
+                processor.revoke(&consumer.take_revoked());
+                if let Some(lag) = consumer.lag() {
+                    *processor.stats.lag.lock().expect("lag lock") = lag;
+                }
+                step(
+                    processor,
+                    consumer,
+                    messages,
+                    partials.as_ref(),
+                    &mut in_flight,
+                )
+                .await
+            }
         };
-        if messages.is_empty() {
-            continue;
-        }
-        let (progress, raw): (Vec<Message>, Vec<Message>) = messages
-            .into_iter()
-            .partition(|m| Some(&m.topic) == partials.as_ref());
-        let started = std::time::Instant::now();
-        let result = match processor.process_all(&raw, &progress).await {
-            Ok(outputs) => consumer.commit(outputs).await,
-            Err(e) => Err(e),
-        };
-        if result.is_ok() {
-            processor.committed(raw.len(), started.elapsed());
-        }
         if let Err(e) = result {
             if !e.is_retryable() {
                 return Err(e);
@@ -1113,6 +1120,50 @@ pub async fn run_process(
             processor.reset();
         }
     }
+}
+
+/// A batch whose commit is under way.
+struct InFlight {
+    commit: PendingCommit,
+    records: usize,
+    started: std::time::Instant,
+    ingest: Vec<i64>,
+}
+
+/// Awaits the commit under way, if any, and counts its batch as committed.
+async fn settle(processor: &mut Processor, in_flight: Option<InFlight>) -> Result<()> {
+    if let Some(batch) = in_flight {
+        batch.commit.await?;
+        processor.committed(batch.records, batch.started.elapsed(), &batch.ingest);
+    }
+    Ok(())
+}
+
+/// Processes one batch while the previous one's commit runs, then starts this one's.
+async fn step(
+    processor: &mut Processor,
+    consumer: &mut dyn BatchConsumer,
+    messages: Vec<Message>,
+    partials: Option<&String>,
+    in_flight: &mut Option<InFlight>,
+) -> Result<()> {
+    if messages.is_empty() {
+        return settle(processor, in_flight.take()).await;
+    }
+    let (progress, raw): (Vec<Message>, Vec<Message>) = messages
+        .into_iter()
+        .partition(|m| Some(&m.topic) == partials);
+    let started = std::time::Instant::now();
+    let processed = processor.process_all(&raw, &progress).await;
+    settle(processor, in_flight.take()).await?;
+    let outputs = processed?;
+    *in_flight = Some(InFlight {
+        commit: consumer.start_commit(outputs).await?,
+        records: raw.len(),
+        started,
+        ingest: std::mem::take(&mut processor.uncommitted_ingest),
+    });
+    Ok(())
 }
 
 /// The pipeline's SQL files, in load order.

@@ -9,26 +9,11 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// librdkafka allocates its message copies and buffers with glibc's malloc, from its own
-/// threads and tokio's; with an arena per thread, freed fragments stayed resident: 503 MiB
-/// peak RSS for the processor in `scripts/bench`, 433 MiB with one arena, same rate within
-/// the noise. `MALLOC_ARENA_MAX`, when set, still decides.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets a glibc tunable; no other thread exists yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
-}
-
 /// mimalloc instead of glibc malloc: see Cargo.toml and the README's benchmark table.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
     // .env and contrail.toml fill unset CONTRAIL_* variables before clap reads them; this
     // runs before any other thread exists.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

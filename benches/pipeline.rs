@@ -1,9 +1,10 @@
 //! Process-stage benchmarks, one core, on simulator records (2,000 aircraft, 1% invalid,
 //! 0.2% anomalies) in micro-batches of 20,000 (the default `--batch-max-records`):
 //!
-//! - `decode`: raw JSON payloads -> one Arrow RecordBatch (arrow-json);
+//! - `decode`: raw JSON payloads -> one Arrow RecordBatch (the raw-schema parser; arrow-json
+//!   only for what it does not take: nothing, on these records);
 //! - `sql`: clean.sql + features.sql with the Isolation Forest UDF scoring every row
-//!   (planned per batch, as the stage does);
+//!   (plans made once, re-executed per batch, as the stage does);
 //! - `encode`: processed rows -> JSON payloads for `flight-processed-data`;
 //! - `process`: the whole stage per batch in process (decode, SQL, scoring, continuity,
 //!   lateness, aggregate.sql, window state and changelog, output records), no bus, no

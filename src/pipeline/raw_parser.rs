@@ -200,28 +200,7 @@ fn parse<'a>(payload: &'a [u8], sensors: &mut Vec<Option<i32>>) -> Option<Row<'a
             if !c.eat(b':') {
                 return None;
             }
-            let field = match key {
-                "timestamp" => 0,
-                "icao24" => 1,
-                "callsign" => 2,
-                "origin_country" => 3,
-                "latitude" => 4,
-                "longitude" => 5,
-                "velocity" => 6,
-                "baro_altitude" => 7,
-                "geo_altitude" => 8,
-                "vertical_rate" => 9,
-                "heading" => 10,
-                "on_ground" => 11,
-                "squawk" => 12,
-                "spi" => 13,
-                "position_source" => 14,
-                "category" => 15,
-                "sensors" => 16,
-                "last_contact" => 17,
-                "ingest_timestamp" => 18,
-                _ => return None,
-            };
+            let field = field_index(key)?;
             if row.seen & (1 << field) != 0 {
                 return None;
             }
@@ -258,6 +237,32 @@ fn parse<'a>(payload: &'a [u8], sensors: &mut Vec<Option<i32>>) -> Option<Row<'a
     }
     c.ws();
     (c.i == payload.len() && row.seen & REQUIRED == REQUIRED).then_some(row)
+}
+
+/// A raw field's position in [`RAW_SCHEMA`].
+fn field_index(key: &str) -> Option<u32> {
+    Some(match key {
+        "timestamp" => 0,
+        "icao24" => 1,
+        "callsign" => 2,
+        "origin_country" => 3,
+        "latitude" => 4,
+        "longitude" => 5,
+        "velocity" => 6,
+        "baro_altitude" => 7,
+        "geo_altitude" => 8,
+        "vertical_rate" => 9,
+        "heading" => 10,
+        "on_ground" => 11,
+        "squawk" => 12,
+        "spi" => 13,
+        "position_source" => 14,
+        "category" => 15,
+        "sensors" => 16,
+        "last_contact" => 17,
+        "ingest_timestamp" => 18,
+        _ => return None,
+    })
 }
 
 struct Cursor<'a> {
@@ -458,6 +463,22 @@ mod tests {
         // finish() builds the batch against RAW_SCHEMA; an empty one checks every type.
         let batch = RawBuilder::with_capacity(0).finish().unwrap();
         assert_eq!(batch.schema(), *RAW_SCHEMA);
+    }
+
+    #[test]
+    fn field_positions_and_required_fields_follow_the_schema() {
+        for (n, field) in RAW_SCHEMA.fields().iter().enumerate() {
+            assert_eq!(
+                field_index(field.name()),
+                Some(n as u32),
+                "{}",
+                field.name()
+            );
+            let required = REQUIRED & (1 << n) != 0;
+            assert_eq!(required, !field.is_nullable(), "{}", field.name());
+        }
+        assert_eq!(REQUIRED >> RAW_SCHEMA.fields().len(), 0);
+        assert_eq!(field_index("extra"), None);
     }
 
     #[test]

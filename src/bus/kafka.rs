@@ -26,6 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
     BatchConsumer, ChangelogReader, ChangelogRecord, Message, OutRecord, PendingCommit, Publisher,
+    completed,
 };
 use crate::error::{Error, Result};
 
@@ -459,21 +460,18 @@ impl BatchConsumer for KafkaBatchConsumer {
     }
 
     async fn commit(&mut self, outputs: Vec<OutRecord>) -> Result<()> {
+        self.start_commit(outputs).await?.await
+    }
+
+    /// Transactions run in the background; `--no-transactions` commits in line.
+    async fn start_commit(&mut self, outputs: Vec<OutRecord>) -> Result<PendingCommit> {
         if self.positions.is_empty() && outputs.is_empty() {
-            return Ok(());
+            return Ok(completed());
         }
         if !self.config.transactional {
             self.commit_plain(&outputs).await?;
             self.positions.clear();
-            return Ok(());
-        }
-        self.start_transaction(outputs).await?.await
-    }
-
-    async fn start_commit(&mut self, outputs: Vec<OutRecord>) -> Result<PendingCommit> {
-        if !self.config.transactional || (self.positions.is_empty() && outputs.is_empty()) {
-            self.commit(outputs).await?;
-            return Ok(Box::pin(std::future::ready(Ok(()))));
+            return Ok(completed());
         }
         self.start_transaction(outputs).await
     }

@@ -77,6 +77,11 @@ pub trait Publisher: Send + Sync {
 /// done or has failed.
 pub type PendingCommit = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
+/// A [`PendingCommit`] with nothing left to do: the commit is complete.
+pub fn completed() -> PendingCommit {
+    Box::pin(std::future::ready(Ok(())))
+}
+
 /// Reads micro-batches and commits them with their outputs.
 #[async_trait]
 pub trait BatchConsumer: Send {
@@ -103,7 +108,7 @@ pub trait BatchConsumer: Send {
     /// before this returns.
     async fn start_commit(&mut self, outputs: Vec<OutRecord>) -> Result<PendingCommit> {
         self.commit(outputs).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+        Ok(completed())
     }
 
     /// Partitions taken away from this consumer since the last call. Records of theirs

@@ -87,36 +87,29 @@ pub fn decode(messages: &[Message]) -> Result<Decoded> {
     let fast = fast.finish()?;
     if others.is_empty() {
         return Ok(Decoded {
-            batch: with_seq(&schema, Some(fast), fast_seq)?,
+            batch: with_seq(&schema, fast, fast_seq)?,
             rejected: Vec::new(),
         });
     }
     let slow = with_arrow_json(messages, &others)?;
     // Both parts are in message order: merge them by `_seq`.
-    let mut picks = Vec::with_capacity(fast_seq.len() + slow.seq.len());
+    let rows = fast_seq.len() + slow.seq.len();
+    let (mut picks, mut seq) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
     let (mut f, mut o) = (0, 0);
     while f < fast_seq.len() || o < slow.seq.len() {
         if o == slow.seq.len() || (f < fast_seq.len() && fast_seq[f] < slow.seq[o]) {
             picks.push((0, f));
+            seq.push(fast_seq[f]);
             f += 1;
         } else {
             picks.push((1, o));
+            seq.push(slow.seq[o]);
             o += 1;
         }
     }
     let batch = interleave_record_batch(&[&fast, &slow.batch], &picks)?;
-    let seq = picks
-        .iter()
-        .map(|&(part, row)| {
-            if part == 0 {
-                fast_seq[row]
-            } else {
-                slow.seq[row]
-            }
-        })
-        .collect();
     Ok(Decoded {
-        batch: with_seq(&schema, Some(batch), seq)?,
+        batch: with_seq(&schema, batch, seq)?,
         rejected: slow.rejected,
     })
 }
@@ -127,7 +120,7 @@ pub fn decode_with_arrow_json(messages: &[Message]) -> Result<Decoded> {
     let all: Vec<usize> = (0..messages.len()).collect();
     let part = with_arrow_json(messages, &all)?;
     Ok(Decoded {
-        batch: with_seq(&raw_with_seq_schema(), Some(part.batch), part.seq)?,
+        batch: with_seq(&raw_with_seq_schema(), part.batch, part.seq)?,
         rejected: part.rejected,
     })
 }
@@ -178,8 +171,8 @@ fn with_arrow_json(messages: &[Message], indices: &[usize]) -> Result<Part> {
     })
 }
 
-fn with_seq(schema: &SchemaRef, batch: Option<RecordBatch>, seq: Vec<i64>) -> Result<RecordBatch> {
-    let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(&RAW_SCHEMA)));
+/// `batch` (raw schema) with `seq` appended as `_seq`.
+fn with_seq(schema: &SchemaRef, batch: RecordBatch, seq: Vec<i64>) -> Result<RecordBatch> {
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(Int64Array::from(seq)));
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)

@@ -58,6 +58,10 @@ phase_stats (stat_phase, velocity_mean, velocity_std, altitude_mean, altitude_st
 -- after it (only the comparison with the jumped report breaks). The pipeline links each
 -- row to the aircraft's earlier rows of this batch: `_prev_seq` and `_prev2_seq` are their
 -- `_seq` (null when there are none), so two equi-joins find them.
+--
+-- Each join names its small side first and the batch's rows (right) last: DataFusion
+-- builds the join's hash table on its left input and keeps the order of its right one, so
+-- the rows stay in arrival order and no table is built from the batch's wide rows.
 fixes AS (
     SELECT _seq AS f_seq, timestamp AS f_timestamp, latitude AS f_latitude,
            longitude AS f_longitude, altitude_ft AS f_altitude_ft
@@ -83,10 +87,11 @@ prior AS (
         CASE WHEN p._prev2_seq IS NOT NULL THEN f2.f_altitude_ft
              WHEN p._prev_seq IS NOT NULL  THEN pr.prev_altitude_ft
              ELSE pr.prev2_altitude_ft END AS q_altitude_ft
-    FROM phased p
-    LEFT JOIN fixes f1 ON f1.f_seq = p._prev_seq
-    LEFT JOIN fixes f2 ON f2.f_seq = p._prev2_seq
-    LEFT JOIN previous pr ON pr.icao24 = p.icao24
+    FROM previous pr RIGHT JOIN (
+        fixes f2 RIGHT JOIN (
+            fixes f1 RIGHT JOIN phased p ON f1.f_seq = p._prev_seq
+        ) ON f2.f_seq = p._prev2_seq
+    ) ON pr.icao24 = p.icao24
 ),
 continuity AS (
     SELECT
@@ -158,8 +163,7 @@ featured AS (
         least(abs(p_climb_mismatch), abs(q_climb_mismatch))     AS climb_mismatch_fpm,
         CASE WHEN squawk IN ('7500', '7600', '7700') THEN 1.0 ELSE 0.0 END AS emergency_squawk,
         _seq
-    FROM rates
-    LEFT JOIN phase_stats s ON s.stat_phase = flight_phase
+    FROM phase_stats s RIGHT JOIN rates ON s.stat_phase = flight_phase
 ),
 -- The anomaly model: its features, in the order the model file lists them.
 scored AS (

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
-use arrow::compute::{filter_record_batch, sort_to_indices, take_record_batch};
+use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
@@ -677,13 +677,7 @@ impl Processor {
         ];
 
         // Arrival order, as the bus delivered them; window functions may have reordered.
-        let features = &result.features;
-        let order = sort_to_indices(
-            features.column_by_name(SEQ_COLUMN).expect("checked by sql"),
-            None,
-            None,
-        )?;
-        let features = take_record_batch(features, &order)?;
+        let features = sql::sorted_by_seq(result.features)?;
         let seq = seq_values(&features);
         let row_partitions: Vec<i32> = seq
             .iter()
@@ -714,47 +708,82 @@ impl Processor {
             self.uncommitted_ingest.extend(ts.iter().flatten());
         }
 
-        let rows = encode::to_json_rows(&processed)?;
-        let keys = keys(&processed);
-        self.windows(&processed, &row_partitions, &seq, messages, &rows, &mut out)
+        // The Parquet files are encoded and synced on a blocking thread while the rest of
+        // the batch is processed; the job is awaited whatever happens below, so no file of
+        // this batch is written after this returns.
+        let archiving = self.archive.as_ref().map(|a| {
+            let (writer, batch) = (a.processed.clone(), processed.clone());
+            let (parts, ranges) = (row_partitions.clone(), ranges.clone());
+            tokio::task::spawn_blocking(move || {
+                archive_by_partition(&writer, &batch, &parts, &ranges)
+            })
+        });
+        let rest = self
+            .finish_batch(
+                messages,
+                &processed,
+                &row_partitions,
+                &seq,
+                &ranges,
+                &mut out,
+            )
+            .await;
+        if let Some(job) = archiving {
+            let files = job
+                .await
+                .map_err(|e| Error::Internal(format!("archive task: {e}")))??;
+            self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
+        }
+        rest?;
+        let stats = &self.stats;
+        stats
+            .consumed
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        stats
+            .processed
+            .fetch_add(processed.num_rows() as u64, Ordering::Relaxed);
+        stats.dead_lettered.fetch_add(dead_count, Ordering::Relaxed);
+        for (reason, n) in reasons {
+            stats.dead_lettered_by.add(&[reason], n);
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// The rest of [`Self::process_batch`] once the processed rows exist: the records for
+    /// `flight-processed-data`, lateness and the window state, the windows the watermarks
+    /// closed, and the state's changelog.
+    async fn finish_batch(
+        &mut self,
+        messages: &[Message],
+        processed: &RecordBatch,
+        row_partitions: &[i32],
+        seq: &[i64],
+        ranges: &Ranges,
+        out: &mut Vec<OutRecord>,
+    ) -> Result<()> {
+        let rows = encode::to_json_rows(processed)?;
+        let keys = keys(processed);
+        self.windows(processed, row_partitions, seq, messages, &rows, out)
             .await?;
         for (row, key) in rows.into_iter().zip(keys) {
             out.push(OutRecord::new(&self.config.topics.processed, key, row));
         }
-        if let Some(archive) = &self.archive {
-            let files =
-                archive_by_partition(&archive.processed, &processed, &row_partitions, &ranges)?;
-            self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
-        }
-        self.stats
-            .consumed
-            .fetch_add(messages.len() as u64, Ordering::Relaxed);
-        self.stats
-            .processed
-            .fetch_add(processed.num_rows() as u64, Ordering::Relaxed);
-        self.stats
-            .dead_lettered
-            .fetch_add(dead_count, Ordering::Relaxed);
-        for (reason, n) in reasons {
-            self.stats.dead_lettered_by.add(&[reason], n);
-        }
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-
         // Windows the watermarks closed, and the state's changelog.
         let spec = self.config.window;
-        for (&p, &range) in &ranges {
+        for (&p, &range) in ranges {
             let st = self.partitions.get_mut(&p).expect("restored");
             let closed = st.close(&spec, false);
             st.expire(&spec);
             let wm = st.watermark(&spec);
-            if let Some(progress) = self.emit_closed(p, wm, &closed, range, &mut out)? {
+            if let Some(progress) = self.emit_closed(p, wm, &closed, range, out)? {
                 self.progress.push(progress);
             }
             self.last_offsets.insert(p, range.1);
             let st = self.partitions.get_mut(&p).expect("restored");
             out.extend(st.changelog(&self.config.topics.changelog, p)?);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The `previous` table: continuity of the aircraft in the decoded batch, each from

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::compute::concat_batches;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{SortOptions, concat_batches};
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNode;
@@ -25,6 +25,8 @@ use datafusion::datasource::TableType;
 use datafusion::execution::SessionState;
 use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
+use datafusion::physical_expr::PhysicalSortExpr;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::memory::{LazyBatchGenerator, LazyMemoryExec};
 use datafusion::physical_plan::{ExecutionPlan, collect};
@@ -110,10 +112,15 @@ pub struct SqlOutput {
 /// A table the SQL reads: registered once, with a schema fixed at load time; each run
 /// puts its batch in, and the plans made at load time read whatever is in it when they
 /// execute.
+///
+/// A table with a `_seq` column (`raw`, `clean`) holds its rows sorted by it, and says so to
+/// the planner: operators that keep their input's order (a hash join's probe side) then
+/// keep arrival order.
 struct Input {
     name: &'static str,
     schema: SchemaRef,
     slot: Slot,
+    by_seq: bool,
 }
 
 type Slot = Arc<Mutex<Option<RecordBatch>>>;
@@ -121,19 +128,32 @@ type Slot = Arc<Mutex<Option<RecordBatch>>>;
 impl Input {
     fn register(ctx: &SessionContext, name: &'static str, schema: SchemaRef) -> Result<Self> {
         let slot = Slot::default();
+        let by_seq = schema.column_with_name(SEQ_COLUMN).map(|(i, _)| i);
         ctx.register_table(
             name,
             Arc::new(SlotTable {
                 schema: Arc::clone(&schema),
                 slot: Arc::clone(&slot),
+                by_seq,
             }),
         )?;
-        Ok(Self { name, schema, slot })
+        Ok(Self {
+            name,
+            schema,
+            slot,
+            by_seq: by_seq.is_some(),
+        })
     }
 
     /// Puts `batch` in, under the table's schema (the same columns; a column that is
-    /// nullable in the batch but not in the table must hold no null).
+    /// nullable in the batch but not in the table must hold no null), sorted by `_seq`
+    /// if the table has it.
     fn set(&self, batch: RecordBatch) -> Result<()> {
+        let batch = if self.by_seq {
+            sorted_by_seq(batch)?
+        } else {
+            batch
+        };
         let batch = if batch.schema() == self.schema {
             batch
         } else {
@@ -157,6 +177,8 @@ impl Input {
 struct SlotTable {
     schema: SchemaRef,
     slot: Slot,
+    /// Position of `_seq`, by which the rows are sorted.
+    by_seq: Option<usize>,
 }
 
 #[async_trait::async_trait]
@@ -181,10 +203,20 @@ impl TableProvider for SlotTable {
             done: false,
         };
         let generator: Arc<RwLock<dyn LazyBatchGenerator>> = Arc::new(RwLock::new(reader));
-        Ok(Arc::new(
-            LazyMemoryExec::try_new(Arc::clone(&self.schema), vec![generator])?
-                .with_projection(projection.cloned()),
-        ))
+        let mut exec = LazyMemoryExec::try_new(Arc::clone(&self.schema), vec![generator])?
+            .with_projection(projection.cloned());
+        let seq = self.by_seq.and_then(|i| match projection {
+            None => Some(i),
+            Some(p) => p.iter().position(|&c| c == i),
+        });
+        if let Some(at) = seq {
+            // What `sorted_by_seq` does: ascending, nulls first.
+            exec.add_ordering([PhysicalSortExpr::new(
+                Arc::new(Column::new(SEQ_COLUMN, at)),
+                SortOptions::default(),
+            )]);
+        }
+        Ok(Arc::new(exec))
     }
 }
 
@@ -496,6 +528,22 @@ pub fn with_partition_column(batch: &RecordBatch, partitions: &[i32]) -> Result<
     )?)
 }
 
+/// `batch` sorted by its `_seq` column (ascending, nulls first): as it is already when the
+/// SQL kept its input's order, which costs one pass over `_seq` instead of copying every
+/// column.
+pub fn sorted_by_seq(batch: RecordBatch) -> Result<RecordBatch> {
+    let seq = batch
+        .column_by_name(SEQ_COLUMN)
+        .ok_or_else(|| Error::Internal(format!("no {SEQ_COLUMN} column to sort by")))?
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| Error::Internal(format!("{SEQ_COLUMN} is not Int64")))?;
+    if seq.null_count() == 0 && seq.values().is_sorted() {
+        return Ok(batch);
+    }
+    let order = arrow::compute::sort_to_indices(seq, None, None)?;
+    Ok(arrow::compute::take_record_batch(&batch, &order)?)
+}
+
 /// The `_seq` column of a batch that has one.
 pub fn seq_values(batch: &RecordBatch) -> Vec<i64> {
     batch
@@ -587,6 +635,67 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(seen[1] > seen[0], "{seen:?}");
+    }
+
+    /// Raw records of three aircraft reporting in turn, a second apart, as one batch.
+    fn raw_batch(records: usize) -> RecordBatch {
+        let messages: Vec<crate::bus::Message> = (0..records)
+            .map(|i| crate::bus::Message {
+                topic: "t".into(),
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                payload: format!(
+                    r#"{{"timestamp":"2026-11-25T10:00:{:02}Z","icao24":"abc12{}","callsign":"DLH1","origin_country":"Germany","latitude":{},"longitude":8,"velocity":200,"baro_altitude":3000,"geo_altitude":null,"vertical_rate":0,"heading":90,"on_ground":false,"squawk":null,"spi":false,"position_source":0,"category":null,"sensors":null,"last_contact":1795600800,"ingest_timestamp":"2026-11-25T10:01:00Z"}}"#,
+                    i % 60,
+                    i % 3,
+                    50.0 + i as f64 * 0.01
+                )
+                .into_bytes(),
+            })
+            .collect();
+        let decoded = crate::pipeline::decode::decode(&messages).unwrap();
+        assert!(decoded.rejected.is_empty(), "{:?}", decoded.rejected);
+        decoded.batch
+    }
+
+    fn seq(batch: &RecordBatch) -> Vec<i64> {
+        seq_values(batch)
+    }
+
+    /// `raw` and `clean` declare their rows sorted by `_seq`, so the shipped features.sql
+    /// (whose joins probe with the batch's rows) returns them in arrival order, and the
+    /// planner leaves out sorts on `_seq`. That declaration holds even when clean.sql
+    /// reorders its rows: a window function over `_seq` in features.sql still sees them in
+    /// order.
+    #[tokio::test]
+    async fn rows_reach_features_sql_in_arrival_order() {
+        let previous = || RecordBatch::new_empty(Arc::clone(&PREVIOUS_SCHEMA));
+        let shipped = pipeline_with(&repo_sql("clean.sql"), &repo_sql("features.sql"))
+            .await
+            .unwrap();
+        let out = shipped.run(raw_batch(30), previous()).await.unwrap();
+        assert_eq!(seq(&out.features), (0..30).collect::<Vec<i64>>());
+
+        let clean = format!("{}ORDER BY _seq DESC\n", repo_sql("clean.sql"));
+        let features = repo_sql("features.sql").replace(
+            "SELECT s.*, is_anomaly(anomaly_score) AS is_anomaly",
+            "SELECT s.*, is_anomaly(anomaly_score) AS is_anomaly, \
+             lag(_seq) OVER (ORDER BY _seq) AS seq_before",
+        );
+        let reordering = pipeline_with(&clean, &features).await.unwrap();
+        let out = reordering.run(raw_batch(30), previous()).await.unwrap();
+        assert_eq!(seq(&out.clean), (0..30).rev().collect::<Vec<i64>>());
+        let features = sorted_by_seq(out.features).unwrap();
+        assert_eq!(seq(&features), (0..30).collect::<Vec<i64>>());
+        let before: Vec<Option<i64>> = features
+            .column_by_name("seq_before")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .iter()
+            .collect();
+        let expected: Vec<Option<i64>> = (0..30).map(|i| (i > 0).then(|| i - 1)).collect();
+        assert_eq!(before, expected);
     }
 
     #[tokio::test]

@@ -77,6 +77,30 @@ async fn enqueue(
     }
 }
 
+/// Enqueues every record of a transaction and waits until librdkafka has none left in
+/// flight. Acknowledgements are not awaited one by one (a future per record cost more CPU
+/// than the rest of the commit): `commit_transaction` fails, and the transaction is
+/// aborted, if any record could not be delivered.
+///
+/// The wait is here rather than in `commit_transaction`, whose flush (rust-rdkafka's)
+/// serves the delivery reports in slices of up to 100 ms.
+async fn send_in_transaction(producer: &FutureProducer, records: &[OutRecord]) -> Result<()> {
+    for r in records {
+        drop(enqueue(producer, r).await?);
+    }
+    let deadline = tokio::time::Instant::now() + TXN_TIMEOUT;
+    while producer.in_flight_count() > 0 {
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Bus(format!(
+                "{} records not delivered within {TXN_TIMEOUT:?}",
+                producer.in_flight_count()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
 /// Enqueues every record, then waits for every acknowledgement.
 async fn send_all(producer: &FutureProducer, records: &[OutRecord]) -> Result<()> {
     let mut deliveries = Vec::with_capacity(records.len());
@@ -288,7 +312,7 @@ impl KafkaBatchConsumer {
         self.positions.clear();
         let producer = self.producer.clone();
         let task = tokio::spawn(async move {
-            let mut result = send_all(&producer, &outputs).await;
+            let mut result = send_in_transaction(&producer, &outputs).await;
             if result.is_ok() {
                 let p = producer.clone();
                 result = blocking(move || p.commit_transaction(TXN_TIMEOUT))

@@ -120,7 +120,6 @@ struct Input {
     name: &'static str,
     schema: SchemaRef,
     slot: Slot,
-    by_seq: bool,
 }
 
 type Slot = Arc<Mutex<Option<RecordBatch>>>;
@@ -137,19 +136,14 @@ impl Input {
                 by_seq,
             }),
         )?;
-        Ok(Self {
-            name,
-            schema,
-            slot,
-            by_seq: by_seq.is_some(),
-        })
+        Ok(Self { name, schema, slot })
     }
 
     /// Puts `batch` in, under the table's schema (the same columns; a column that is
     /// nullable in the batch but not in the table must hold no null), sorted by `_seq`
     /// if the table has it.
     fn set(&self, batch: RecordBatch) -> Result<()> {
-        let batch = if self.by_seq {
+        let batch = if self.schema.column_with_name(SEQ_COLUMN).is_some() {
             sorted_by_seq(batch)?
         } else {
             batch

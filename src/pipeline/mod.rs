@@ -1184,11 +1184,13 @@ async fn step(
         .partition(|m| Some(&m.topic) == partials);
     let started = std::time::Instant::now();
     let processed = processor.process_all(&raw, &progress).await;
+    let records = raw.len();
+    drop((raw, progress));
     settle(processor, in_flight.take()).await?;
     let outputs = processed?;
     *in_flight = Some(InFlight {
         commit: consumer.start_commit(outputs).await?,
-        records: raw.len(),
+        records,
         started,
         ingest: std::mem::take(&mut processor.uncommitted_ingest),
     });

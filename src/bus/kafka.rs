@@ -385,8 +385,8 @@ async fn connect(
         // Prefetch: small fetches, refilled 5 ms (not librdkafka's default 1 s) after
         // the queue was full. A fetched record keeps its whole fetch response alive, so
         // the fetch size sets the memory. 16 MB fetches and a 32 MB queue against 2 MB
-        // and 4 MB, over 2M records in one build: the processor 84k-86k vs 96k-103k
-        // records/s and 436-512 vs 288-316 MiB peak RSS; the passthrough 205-209 vs
+        // and 4 MB, over 2M records in one build: the processor 85k-86k vs 102k-103k
+        // records/s and 510-512 vs 304-316 MiB peak RSS; the passthrough 205-209 vs
         // 83-86 MiB at the same rate. Without the short backoff, bounded queues cut the
         // passthrough from 239k to 98k records/s.
         .set("queued.min.messages", "20000")

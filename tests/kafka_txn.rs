@@ -120,10 +120,7 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
         read_all(&out).is_empty(),
         "the voided outputs are not readable"
     );
-    assert!(
-        committed(&group, &raw) == 0,
-        "the offsets were not committed"
-    );
+    assert_eq!(committed(&group, &raw), 0, "the offsets were not committed");
 
     // The batch comes back, and commits once its outputs fit.
     consumer.recover().await.unwrap();

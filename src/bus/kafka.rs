@@ -411,6 +411,13 @@ async fn connect(
     let producer: FutureProducer = producer_config(&config.bootstrap)
         .set("transactional.id", &config.transactional_id)
         .set("transaction.timeout.ms", "120000")
+        // Until the coordinator has written the last commit's markers it answers the next
+        // transaction's AddOffsetsToTxn (`send_offsets_to_transaction`, before the batch's
+        // records are sent) with CONCURRENT_TRANSACTIONS, which librdkafka retries after
+        // retry.backoff.ms: by default 100 ms, which up to one batch in ten waited at
+        // 20,000 records/s (AddPartitionsToTxn has its own 20 ms for that case). The backoff
+        // still doubles on repeated failures, up to retry.backoff.max.ms.
+        .set("retry.backoff.ms", "10")
         .create()
         .map_err(|e| Error::kafka("creating transactional producer", e))?;
     let p = producer.clone();

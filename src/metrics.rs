@@ -420,6 +420,18 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
         "Time to process and commit one micro-batch (SQL, scoring, windows, archive, transaction).",
         &s.batch_seconds,
     );
+    e.histogram(
+        "contrail_process_stage_seconds",
+        "Time to process one micro-batch until its records are ready to commit (decode, SQL, \
+         scoring, windows, archive files written and synced).",
+        &s.stage_seconds,
+    );
+    e.histogram(
+        "contrail_process_commit_seconds",
+        "Time to commit one micro-batch, from the commit's start to its end (Kafka: the \
+         transaction's offsets, records and commit); it overlaps the next batch's processing.",
+        &s.commit_seconds,
+    );
 }
 
 /// gRPC requests by method and status code.

@@ -290,6 +290,27 @@ fn json_api_and_events() {
         value("contrail_process_batch_seconds_count")
     );
     assert!(value("contrail_process_batch_records_count") > 1);
+    // A committed batch's time is its processing, then its commit (and the wait between).
+    let seconds = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    for part in ["stage", "commit"] {
+        assert_eq!(
+            value(&format!("contrail_process_{part}_seconds_count")),
+            value("contrail_process_batch_seconds_count")
+        );
+    }
+    let (stage, commit) = (
+        seconds("contrail_process_stage_seconds_sum"),
+        seconds("contrail_process_commit_seconds_sum"),
+    );
+    assert!(stage > 0.0 && commit >= 0.0, "{stage} {commit}");
+    assert!(stage + commit <= seconds("contrail_process_batch_seconds_sum"));
     // One latency observation per processed record, each after its batch committed.
     assert_eq!(
         value("contrail_process_latency_seconds_count"),

@@ -33,7 +33,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::ArchiveWriter;
-use crate::bus::{BatchConsumer, ChangelogReader, Message, OutRecord, PendingCommit};
+use crate::bus::{BatchConsumer, ChangelogReader, Message, OutRecord};
 use crate::clock::SharedClock;
 use crate::config::topic;
 use crate::dead_letter::DeadLetter;
@@ -134,6 +134,10 @@ pub struct ProcessStats {
     /// Raw records per micro-batch, and the time to process and commit each.
     pub batch_records: crate::metrics::Histogram<crate::metrics::RecordBuckets>,
     pub batch_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
+    /// The two parts of a batch's time: processing it (up to its records being ready to
+    /// commit), and its commit (which overlaps the next batch's processing).
+    pub stage_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
+    pub commit_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
     /// From each record's `ingest_timestamp` to the commit of its processed record.
     pub latency: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
     /// Records not yet consumed per assigned (topic, partition), after the last batch.
@@ -374,16 +378,20 @@ impl Processor {
         }
     }
 
-    /// After a micro-batch of `records` raw records was committed `took` after it began:
-    /// the batch histograms, and the end-to-end latency of every processed record in it
-    /// (`ingest`: their `ingest_timestamp`s).
-    fn committed(&mut self, records: usize, took: std::time::Duration, ingest: &[i64]) {
-        self.stats.batch_records.observe(records as f64);
-        self.stats.batch_seconds.observe(took.as_secs_f64());
+    /// After a micro-batch was committed: the batch histograms, and the end-to-end latency
+    /// of every processed record in it.
+    fn committed(&mut self, batch: &InFlight, commit: std::time::Duration) {
+        let stats = &self.stats;
+        stats.batch_records.observe(batch.records as f64);
+        stats
+            .batch_seconds
+            .observe(batch.started.elapsed().as_secs_f64());
+        stats.stage_seconds.observe(batch.stage.as_secs_f64());
+        stats.commit_seconds.observe(commit.as_secs_f64());
         let now = self.clock.now_micros();
-        self.stats
+        stats
             .latency
-            .observe_all(ingest.iter().map(|t| (now - t) as f64 / 1e6));
+            .observe_all(batch.ingest.iter().map(|t| (now - t) as f64 / 1e6));
     }
 
     /// Hot reload at a batch boundary: a changed model file is loaded, validated and
@@ -1153,17 +1161,24 @@ pub async fn run_process(
 
 /// A batch whose commit is under way.
 struct InFlight {
-    commit: PendingCommit,
+    /// The commit, on a task of its own that notes how long it took.
+    commit: tokio::task::JoinHandle<(Result<()>, std::time::Duration)>,
     records: usize,
     started: std::time::Instant,
+    /// How long processing the batch took.
+    stage: std::time::Duration,
+    /// `ingest_timestamp` (µs) of its processed records.
     ingest: Vec<i64>,
 }
 
 /// Awaits the commit under way, if any, and counts its batch as committed.
 async fn settle(processor: &mut Processor, in_flight: Option<InFlight>) -> Result<()> {
-    if let Some(batch) = in_flight {
-        batch.commit.await?;
-        processor.committed(batch.records, batch.started.elapsed(), &batch.ingest);
+    if let Some(mut batch) = in_flight {
+        let (result, took) = (&mut batch.commit)
+            .await
+            .map_err(|e| Error::Bus(format!("the commit task failed: {e}")))?;
+        result?;
+        processor.committed(&batch, took);
     }
     Ok(())
 }
@@ -1184,14 +1199,18 @@ async fn step(
         .partition(|m| Some(&m.topic) == partials);
     let started = std::time::Instant::now();
     let processed = processor.process_all(&raw, &progress).await;
+    let stage = started.elapsed();
     let records = raw.len();
     drop((raw, progress));
     settle(processor, in_flight.take()).await?;
     let outputs = processed?;
+    let commit_began = std::time::Instant::now();
+    let commit = consumer.start_commit(outputs).await?;
     *in_flight = Some(InFlight {
-        commit: consumer.start_commit(outputs).await?,
+        commit: tokio::spawn(async move { (commit.await, commit_began.elapsed()) }),
         records,
         started,
+        stage,
         ingest: std::mem::take(&mut processor.uncommitted_ingest),
     });
     Ok(())

@@ -430,8 +430,9 @@ async fn processors_survive_crashes_scale_out_and_broker_restarts() {
         })
         .collect();
     let mut compared = 0;
-    for r in contrail::pipeline::encode::to_json_rows(&global).unwrap() {
-        let v: serde_json::Value = serde_json::from_slice(&r).unwrap();
+    let global_rows = contrail::pipeline::encode::to_json_rows(&global).unwrap();
+    for r in global_rows.iter() {
+        let v: serde_json::Value = serde_json::from_slice(r).unwrap();
         if let Some(s) = streamed.get(v["window_start"].as_str().unwrap()) {
             assert_eq!(&v, s, "window from the archive vs the stream");
             compared += 1;
@@ -445,7 +446,7 @@ async fn processors_survive_crashes_scale_out_and_broker_restarts() {
     let streamed_aircraft: HashSet<String> = got.aircraft.iter().cloned().collect();
     let matching = contrail::pipeline::encode::to_json_rows(&aircraft)
         .unwrap()
-        .into_iter()
+        .iter()
         .filter(|r| streamed_aircraft.contains(std::str::from_utf8(r).unwrap()))
         .count();
     assert_eq!(

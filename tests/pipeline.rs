@@ -199,7 +199,7 @@ async fn results_do_not_depend_on_where_batches_end() {
         for r in o.iter().filter(|r| r.topic != topic::WINDOW_STATE) {
             m.entry(r.topic.clone())
                 .or_default()
-                .push(r.payload.clone());
+                .push(r.payload.to_vec());
         }
         m
     };

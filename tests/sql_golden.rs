@@ -65,8 +65,8 @@ fn sorted_by_seq(batch: &RecordBatch) -> RecordBatch {
 fn check_golden(name: &str, batch: &RecordBatch) {
     let rows = to_json_rows(&sorted_by_seq(batch)).unwrap();
     let mut actual = String::new();
-    for r in rows {
-        actual.push_str(std::str::from_utf8(&r).unwrap());
+    for r in rows.iter() {
+        actual.push_str(std::str::from_utf8(r).unwrap());
         actual.push('\n');
     }
     let path = root().join("tests/golden").join(name);

@@ -99,7 +99,7 @@ impl Publisher for MemoryBus {
                 partition: 0,
                 offset,
                 key: record.key,
-                payload: record.payload,
+                payload: Vec::from(record.payload),
             };
             for tx in senders {
                 // A consumer that went away only stops receiving; the others keep theirs.

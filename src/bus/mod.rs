@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::error::Result;
 
@@ -34,7 +35,9 @@ pub struct Message {
 pub struct OutRecord {
     pub topic: String,
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    /// The value; may share its buffer with other records (a batch's JSON rows are written
+    /// into one).
+    pub payload: Bytes,
     /// The partition to write to; `None` lets the key decide.
     pub partition: Option<i32>,
     /// A null value (a compaction tombstone: the key's state is gone); `payload` is empty.
@@ -42,11 +45,11 @@ pub struct OutRecord {
 }
 
 impl OutRecord {
-    pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, payload: Vec<u8>) -> Self {
+    pub fn new(topic: impl Into<String>, key: Option<Vec<u8>>, payload: impl Into<Bytes>) -> Self {
         Self {
             topic: topic.into(),
             key,
-            payload,
+            payload: payload.into(),
             partition: None,
             tombstone: false,
         }
@@ -56,7 +59,7 @@ impl OutRecord {
     pub fn tombstone(topic: impl Into<String>, key: Vec<u8>) -> Self {
         Self {
             tombstone: true,
-            ..Self::new(topic, Some(key), Vec::new())
+            ..Self::new(topic, Some(key), Bytes::new())
         }
     }
 

@@ -170,8 +170,8 @@ impl ReplaySource {
                     ))
                 })?;
             let rows = crate::pipeline::encode::to_json_rows(&batch)?;
-            for (i, row) in rows.into_iter().enumerate() {
-                self.push(ts.value(i), row);
+            for (i, row) in rows.iter().enumerate() {
+                self.push(ts.value(i), row.to_vec());
             }
         }
         Ok(())

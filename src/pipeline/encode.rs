@@ -2,9 +2,9 @@
 //! (nulls explicit), non-finite floats written as null so the output is always valid JSON.
 //!
 //! The columns the processed contract uses (strings, integers, floats, booleans, UTC
-//! timestamps, lists of those) are written by a row encoder made for this: each row into its
-//! own payload, keys escaped once per batch, numbers by lexical-core and timestamps as RFC 3339
-//! by hand, byte for byte what arrow-json writes. A batch with any other column type (a
+//! timestamps, lists of those) are written by a row encoder made for this: all rows of a batch
+//! into one buffer (each row's payload is a slice of it), keys escaped once per batch, numbers
+//! by lexical-core and timestamps as RFC 3339 by hand, byte for byte what arrow-json writes. A batch with any other column type (a
 //! user's features.sql may add one) goes through arrow-json's writer instead.
 
 use arrow::array::{
@@ -16,16 +16,52 @@ use arrow::datatypes::{
     TimestampMicrosecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow::json::writer::{LineDelimited, WriterBuilder};
+use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
 use lexical_core::{FormattedSize, ToLexical};
 
 use crate::error::Result;
 
 /// Encodes each row of `batch` as one JSON object.
-pub fn to_json_rows(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+pub fn to_json_rows(batch: &RecordBatch) -> Result<JsonRows> {
     match columns(batch) {
         Some(columns) => Ok(encode_rows(batch.num_rows(), &columns)),
         None => with_arrow_json(batch),
+    }
+}
+
+/// The JSON objects of a batch's rows, written one after another into one buffer (one
+/// allocation per batch, not per row); each row is a slice of it, or a [`Bytes`] that shares it.
+#[derive(Debug, Clone)]
+pub struct JsonRows {
+    buf: Bytes,
+    /// Each row's `start..end` in `buf`.
+    spans: Vec<(usize, usize)>,
+}
+
+impl JsonRows {
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Row `i`'s JSON.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let (start, end) = self.spans[i];
+        &self.buf[start..end]
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans.iter().map(|&(s, e)| &self.buf[s..e])
+    }
+
+    /// Each row as a [`Bytes`] sharing the batch's buffer (no copy).
+    pub fn into_payloads(self) -> impl ExactSizeIterator<Item = Bytes> {
+        let buf = self.buf;
+        self.spans.into_iter().map(move |(s, e)| buf.slice(s..e))
     }
 }
 
@@ -51,19 +87,52 @@ enum Column<'a> {
     List(&'a GenericListArray<i32>, Box<Column<'a>>),
 }
 
-/// The row encoder's view of every column, with its key (`"name":`); `None` when a column
-/// has a type it does not write.
-fn columns(batch: &RecordBatch) -> Option<Vec<(Vec<u8>, Column<'_>)>> {
+/// The row encoder's view of every column, with its key and the byte before it (`{"name":`
+/// or `,"name":`); `None` when a column has a type it does not write.
+fn columns(batch: &RecordBatch) -> Option<Vec<(Prefix, Column<'_>)>> {
     let schema = batch.schema();
     let mut out = Vec::with_capacity(batch.num_columns());
-    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+    for (i, (field, array)) in schema.fields().iter().zip(batch.columns()).enumerate() {
         let column = column(array.as_ref())?;
-        let mut key = Vec::with_capacity(field.name().len() + 3);
+        let mut key = Vec::with_capacity(field.name().len() + 4);
+        key.push(if i == 0 { b'{' } else { b',' });
         write_str(&mut key, field.name());
         key.push(b':');
-        out.push((key, column));
+        out.push((Prefix::new(key), column));
     }
     Some(out)
+}
+
+/// What [`Prefix`] copies as one fixed-size block.
+const PADDED: usize = 32;
+
+/// A column's key with the byte before it. Keys of up to [`PADDED`] bytes are kept padded
+/// and appended as one block of that fixed size (a copy the compiler inlines, where a
+/// copy of a length known only at run time is a call to `memcpy`), then cut to length.
+struct Prefix {
+    padded: [u8; PADDED],
+    bytes: Vec<u8>,
+}
+
+impl Prefix {
+    fn new(bytes: Vec<u8>) -> Self {
+        let mut padded = [0; PADDED];
+        if bytes.len() <= PADDED {
+            padded[..bytes.len()].copy_from_slice(&bytes);
+        }
+        Self { padded, bytes }
+    }
+
+    fn write(&self, buf: &mut Vec<u8>) {
+        let len = self.bytes.len();
+        if len <= PADDED {
+            let start = buf.len();
+            buf.extend_from_slice(&self.padded);
+            buf.truncate(start + len);
+        } else {
+            buf.extend_from_slice(&self.bytes);
+        }
+    }
 }
 
 fn column(a: &dyn Array) -> Option<Column<'_>> {
@@ -95,25 +164,32 @@ fn column(a: &dyn Array) -> Option<Column<'_>> {
     })
 }
 
-fn encode_rows(rows: usize, columns: &[(Vec<u8>, Column<'_>)]) -> Vec<Vec<u8>> {
-    let mut out = Vec::with_capacity(rows);
-    let mut capacity = 64;
+fn encode_rows(rows: usize, columns: &[(Prefix, Column<'_>)]) -> JsonRows {
+    let mut buf = Vec::new();
+    let mut spans = Vec::with_capacity(rows);
     for row in 0..rows {
-        let mut buf = Vec::with_capacity(capacity);
-        buf.push(b'{');
-        for (i, (key, column)) in columns.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            buf.extend_from_slice(key);
+        let start = buf.len();
+        // Each key comes with the byte before it: `{"first":`, `,"next":`.
+        for (prefix, column) in columns {
+            prefix.write(&mut buf);
             column.write(row, &mut buf);
         }
+        if columns.is_empty() {
+            buf.push(b'{');
+        }
         buf.push(b'}');
-        // Rows of one batch are about the same size: one allocation each.
-        capacity = capacity.max(buf.len() + 16);
-        out.push(buf);
+        spans.push((start, buf.len()));
+        if row == 0 {
+            // Rows of one batch are about the same size (the first can be short: nulls where
+            // an aircraft has no earlier report): one allocation for all of them. Room not
+            // written to is never touched, so it costs address space, not memory.
+            buf.reserve((buf.len() * 3 / 2 + 64) * (rows - 1));
+        }
     }
-    out
+    JsonRows {
+        buf: Bytes::from(buf),
+        spans,
+    }
 }
 
 impl Column<'_> {
@@ -155,7 +231,12 @@ impl Column<'_> {
     }
 }
 
-fn nullable(array: &dyn Array, row: usize, buf: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+fn nullable<A: Array + ?Sized>(
+    array: &A,
+    row: usize,
+    buf: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
     if array.is_null(row) {
         buf.extend_from_slice(b"null");
     } else {
@@ -201,9 +282,12 @@ impl Finite for f64 {
 }
 
 fn write_lexical<N: ToLexical>(buf: &mut Vec<u8>, value: N) {
-    // Large enough for any number lexical-core writes (f64's is the largest).
-    let mut tmp = [0u8; f64::FORMATTED_SIZE_DECIMAL];
-    buf.extend_from_slice(value.to_lexical(&mut tmp));
+    // Room for any number lexical-core writes (f64's is the largest), written in place.
+    const ROOM: usize = f64::FORMATTED_SIZE_DECIMAL;
+    let start = buf.len();
+    buf.extend_from_slice(&[0; ROOM]);
+    let written = value.to_lexical(&mut buf[start..]).len();
+    buf.truncate(start + written);
 }
 
 /// A JSON string, escaped as serde_json (and so arrow-json) escapes it.
@@ -254,35 +338,34 @@ fn write_timestamp(buf: &mut Vec<u8>, us: i64) {
         buf.extend_from_slice(text.as_bytes());
         return;
     }
-    let digits = |n: u32, width: usize, buf: &mut Vec<u8>| {
-        let mut tmp = [b'0'; 6];
-        let mut n = n;
-        for slot in tmp[..width].iter_mut().rev() {
+    // `YYYY-MM-DDTHH:MM:SS.ffffffZ` at most: written on the stack, appended as one block.
+    let mut text = [0u8; PADDED];
+    text[..20].copy_from_slice(b"0000-00-00T00:00:00.");
+    let digits = |text: &mut [u8; PADDED], at: usize, width: usize, mut n: u32| {
+        for slot in text[at..at + width].iter_mut().rev() {
             *slot = b'0' + (n % 10) as u8;
             n /= 10;
         }
-        buf.extend_from_slice(&tmp[..width]);
     };
-    digits(year as u32, 4, buf);
-    buf.push(b'-');
-    digits(month, 2, buf);
-    buf.push(b'-');
-    digits(day, 2, buf);
-    buf.push(b'T');
-    digits(sod / 3600, 2, buf);
-    buf.push(b':');
-    digits(sod / 60 % 60, 2, buf);
-    buf.push(b':');
-    digits(sod % 60, 2, buf);
-    if micros != 0 {
-        buf.push(b'.');
-        if micros.is_multiple_of(1000) {
-            digits(micros / 1000, 3, buf);
-        } else {
-            digits(micros, 6, buf);
-        }
-    }
-    buf.push(b'Z');
+    digits(&mut text, 0, 4, year as u32);
+    digits(&mut text, 5, 2, month);
+    digits(&mut text, 8, 2, day);
+    digits(&mut text, 11, 2, sod / 3600);
+    digits(&mut text, 14, 2, sod / 60 % 60);
+    digits(&mut text, 17, 2, sod % 60);
+    let len = if micros == 0 {
+        19
+    } else if micros.is_multiple_of(1000) {
+        digits(&mut text, 20, 3, micros / 1000);
+        23
+    } else {
+        digits(&mut text, 20, 6, micros);
+        26
+    };
+    text[len] = b'Z';
+    let start = buf.len();
+    buf.extend_from_slice(&text);
+    buf.truncate(start + len + 1);
 }
 
 /// (year, month, day) of a day count from 1970-01-01 (proleptic Gregorian; Howard
@@ -301,7 +384,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// arrow-json's writer: every type it knows.
-fn with_arrow_json(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+fn with_arrow_json(batch: &RecordBatch) -> Result<JsonRows> {
     let mut buf = Vec::with_capacity(batch.num_rows() * 900);
     let mut writer = WriterBuilder::new()
         .with_explicit_nulls(true)
@@ -310,11 +393,23 @@ fn with_arrow_json(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
     writer.finish()?;
     drop(writer);
     // JSON strings escape newlines, so each line is exactly one row.
-    Ok(buf
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
+    let mut spans = Vec::with_capacity(batch.num_rows());
+    let mut start = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if b == b'\n' {
+            if i > start {
+                spans.push((start, i));
+            }
+            start = i + 1;
+        }
+    }
+    if buf.len() > start {
+        spans.push((start, buf.len()));
+    }
+    Ok(JsonRows {
+        buf: Bytes::from(buf),
+        spans,
+    })
 }
 
 #[cfg(test)]
@@ -392,7 +487,12 @@ mod tests {
         let ours = to_json_rows(batch).unwrap();
         let theirs = with_arrow_json(batch).unwrap();
         assert_eq!(ours.len(), theirs.len());
-        for (a, b) in ours.iter().zip(&theirs) {
+        assert_eq!(ours.len(), batch.num_rows());
+        // Rows handed out as shared buffers are the same bytes.
+        let payloads: Vec<Bytes> = ours.clone().into_payloads().collect();
+        assert_eq!(payloads.len(), ours.len());
+        assert!(payloads.iter().zip(ours.iter()).all(|(p, r)| p == r));
+        for (a, b) in ours.iter().zip(theirs.iter()) {
             assert_eq!(
                 String::from_utf8_lossy(a),
                 String::from_utf8_lossy(b),
@@ -493,8 +593,8 @@ mod tests {
         assert!(columns(&batch).is_none());
         let rows = to_json_rows(&batch).unwrap();
         assert_eq!(
-            rows,
-            vec![br#"{"d":"1970-01-02"}"#.to_vec(), br#"{"d":null}"#.to_vec()]
+            rows.iter().collect::<Vec<_>>(),
+            [&br#"{"d":"1970-01-02"}"#[..], br#"{"d":null}"#]
         );
     }
 

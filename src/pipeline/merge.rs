@@ -294,7 +294,7 @@ mod tests {
             .changelog("cl", 0)
             .unwrap()
             .into_iter()
-            .map(|r| (r.key.unwrap(), (!r.tombstone).then_some(r.payload)))
+            .map(|r| (r.key.unwrap(), (!r.tombstone).then_some(r.payload.to_vec())))
             .collect();
         let mut r = Merger::restore(spec(), &log, 0).unwrap();
         assert_eq!(r.open_windows(), 1);

@@ -774,7 +774,7 @@ impl Processor {
         let keys = keys(processed);
         self.windows(processed, row_partitions, seq, messages, &rows, out)
             .await?;
-        for (row, key) in rows.into_iter().zip(keys) {
+        for (row, key) in rows.into_payloads().zip(keys) {
             out.push(OutRecord::new(&self.config.topics.processed, key, row));
         }
         // Windows the watermarks closed, and the state's changelog.
@@ -824,7 +824,7 @@ impl Processor {
         row_partitions: &[i32],
         seq: &[i64],
         messages: &[Message],
-        rows: &[Vec<u8>],
+        rows: &encode::JsonRows,
         out: &mut Vec<OutRecord>,
     ) -> Result<()> {
         let spec = self.config.window;
@@ -852,7 +852,7 @@ impl Processor {
                     m.offset
                 )
                 .into_bytes();
-                payload.extend_from_slice(&rows[i]);
+                payload.extend_from_slice(rows.get(i));
                 payload.push(b'}');
                 out.push(OutRecord::new(
                     &self.config.topics.late,
@@ -941,7 +941,7 @@ impl Processor {
         source: (i32, (i64, i64)),
         out: &mut Vec<OutRecord>,
     ) -> Result<()> {
-        for (row, start) in encode::to_json_rows(batch)?.into_iter().zip(starts) {
+        for (row, start) in encode::to_json_rows(batch)?.into_payloads().zip(starts) {
             out.push(OutRecord::new(
                 topic,
                 Some(rfc3339(start).into_bytes()),

@@ -723,7 +723,7 @@ mod tests {
             .into_iter()
             .map(|r| {
                 assert_eq!(r.partition, Some(2));
-                (r.key.unwrap(), (!r.tombstone).then_some(r.payload))
+                (r.key.unwrap(), (!r.tombstone).then_some(r.payload.to_vec()))
             })
             .collect();
         // Hours later ccc expires (no open window) and aaa's window closes.
@@ -738,7 +738,7 @@ mod tests {
         assert_eq!(restored_early.watermark(&s), t0 + MIN - s.delay_us);
         log.extend(
             more.into_iter()
-                .map(|r| (r.key.unwrap(), (!r.tombstone).then_some(r.payload))),
+                .map(|r| (r.key.unwrap(), (!r.tombstone).then_some(r.payload.to_vec()))),
         );
         // Another owner's keys in the same changelog partition are not ours.
         log.push((b"g/frontier".to_vec(), Some(b"1".to_vec())));

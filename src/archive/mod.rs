@@ -2,7 +2,8 @@
 //!
 //! Files are written under a hidden temporary name (`.name.tmp`, which DuckDB globs,
 //! pyarrow datasets and Spark all skip), synced, and renamed into place, so readers never
-//! see a half-written file. A file's name comes from the source partition and offset range
+//! see a half-written file; then the folder is synced, so the rename itself (and a new
+//! folder's entry in its parent) survives a power loss. A file's name comes from the source partition and offset range
 //! it holds, so writing the same input again replaces the file instead of adding rows.
 //! Rows go to the hour of their event time (`timestamp`; `window_start` for windows).
 //!
@@ -99,8 +100,23 @@ impl ArchiveWriter {
     }
 
     /// Writes the rows of `batch`, which came from `source_partition` offsets
-    /// `first..=last`, one file per event hour. Returns the files written.
+    /// `first..=last`, one file per event hour, durably. Returns the files written.
     pub fn write(
+        &self,
+        batch: &RecordBatch,
+        source_partition: i32,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<PathBuf>> {
+        let files = self.write_unsynced(batch, source_partition, first, last)?;
+        sync_folders(&files)?;
+        Ok(files)
+    }
+
+    /// [`Self::write`] without syncing the files' folders: the caller passes the files of
+    /// all its writes to [`sync_folders`] once (several partitions' files of a micro-batch
+    /// share an hour's folder).
+    pub fn write_unsynced(
         &self,
         batch: &RecordBatch,
         source_partition: i32,
@@ -141,7 +157,7 @@ impl ArchiveWriter {
     }
 
     fn write_file(&self, dir: &Path, name: &str, batch: &RecordBatch) -> Result<PathBuf> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating archive folder", dir, e))?;
+        create_folder(dir)?;
         let tmp = dir.join(format!(".{name}.tmp"));
         let path = dir.join(name);
         let file = File::create(&tmp).map_err(|e| Error::io("creating archive file", &tmp, e))?;
@@ -154,6 +170,38 @@ impl ArchiveWriter {
             .map_err(|e| Error::io("renaming archive file into place", &path, e))?;
         Ok(path)
     }
+}
+
+/// Syncs the folder of each of `files` once, so their renames into place are on disk.
+pub fn sync_folders(files: &[PathBuf]) -> Result<()> {
+    let folders: std::collections::BTreeSet<&Path> =
+        files.iter().filter_map(|f| f.parent()).collect();
+    folders.into_iter().try_for_each(sync_folder)
+}
+
+fn sync_folder(dir: &Path) -> Result<()> {
+    // The parent of a relative path's first component is "".
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing archive folder", dir, e))
+}
+
+/// Creates `dir` and its missing parents, syncing the folder that holds each new one.
+fn create_folder(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.is_dir()).collect();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating archive folder", dir, e))?;
+    missing
+        .iter()
+        .filter_map(|d| d.parent())
+        .try_for_each(sync_folder)
 }
 
 #[cfg(test)]
@@ -221,6 +269,17 @@ mod tests {
             .filter(|n| n.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn new_folders_are_created_and_synced_relative_paths_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/date=2026-11-25/hour=10");
+        create_folder(&deep).unwrap();
+        assert!(deep.is_dir());
+        // A relative path's first folder lives in "" (the working folder).
+        sync_folder(Path::new("")).unwrap();
+        assert_eq!(Path::new("data").parent(), Some(Path::new("")));
     }
 
     #[test]

@@ -1078,7 +1078,7 @@ fn archive_by_partition(
     ranges: &Ranges,
 ) -> Result<u64> {
     let single = ranges.len() == 1;
-    let mut files = 0;
+    let mut files = Vec::new();
     for (&partition, &(first, last)) in ranges {
         let part = if single {
             batch.clone()
@@ -1090,10 +1090,11 @@ fn archive_by_partition(
             filter_record_batch(batch, &mask)?
         };
         if part.num_rows() > 0 {
-            files += archive.write(&part, partition, first, last)?.len() as u64;
+            files.extend(archive.write_unsynced(&part, partition, first, last)?);
         }
     }
-    Ok(files)
+    crate::archive::sync_folders(&files)?;
+    Ok(files.len() as u64)
 }
 
 /// Runs the process stage until the bus ends or `shutdown` fires. A batch in progress is

@@ -6,6 +6,10 @@
 //! - `sql`: clean.sql + features.sql with the Isolation Forest UDF scoring every row
 //!   (plans made once, re-executed per batch, as the stage does);
 //! - `encode`: processed rows -> JSON payloads for `flight-processed-data`;
+//! - `archive/{snappy,lz4,zstd}`: processed rows -> the archive's Parquet files with each
+//!   `--archive-compression`, as a micro-batch from six source partitions writes them: six
+//!   files in one hour's folder, each synced and renamed into place, then the folder synced
+//!   (each also prints the bytes written);
 //! - `process`: the whole stage per batch in process (decode, SQL, scoring, continuity,
 //!   lateness, aggregate.sql, window state and changelog, output records), no bus, no
 //!   archive: consecutive batches of one stream, so windows open and close as in a run.
@@ -19,7 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use chrono::DateTime;
+use contrail::archive::{ArchiveCompression, ArchiveWriter, sync_folders};
 use contrail::bus::Message;
 use contrail::clock::SystemClock;
 use contrail::ingest::simulator::{Simulator, SimulatorConfig};
@@ -143,6 +149,24 @@ fn benches(c: &mut Criterion) {
     assert_eq!(processed.num_rows(), BATCH);
     g.bench_function("encode", |b| b.iter(|| to_json_rows(&processed).unwrap()));
 
+    for compression in [
+        ArchiveCompression::Snappy,
+        ArchiveCompression::Lz4,
+        ArchiveCompression::Zstd,
+    ] {
+        let name = format!("archive/{compression:?}").to_lowercase();
+        let root = tempfile::tempdir().unwrap();
+        let archive = ArchiveWriter::new(root.path(), "processed").with_compression(compression);
+        let mut bytes = 0;
+        g.bench_function(&name, |b| {
+            b.iter(|| {
+                let files = archive_as_six_sources(&archive, &processed);
+                bytes = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+            })
+        });
+        println!("{name}: {bytes} bytes of Parquet for {BATCH} rows");
+    }
+
     g.bench_function("process", |b| process(b, &rt, &batches));
     g.finish();
 
@@ -183,3 +207,28 @@ fn process(b: &mut criterion::Bencher, rt: &tokio::runtime::Runtime, batches: &[
 
 criterion_group!(pipeline, benches);
 criterion_main!(pipeline);
+
+/// The archive files of one micro-batch from six source partitions, as the process stage
+/// writes them: six files in one hour's folder, each synced and renamed, then the folder
+/// synced.
+fn archive_as_six_sources(
+    archive: &ArchiveWriter,
+    processed: &RecordBatch,
+) -> Vec<std::path::PathBuf> {
+    const SOURCES: usize = 6;
+    let rows = processed.num_rows();
+    let per_source = rows.div_ceil(SOURCES);
+    let mut files = Vec::new();
+    for p in 0..SOURCES {
+        let first = p * per_source;
+        let part = processed.slice(first, per_source.min(rows - first));
+        let last = (first + part.num_rows() - 1) as i64;
+        files.extend(
+            archive
+                .write_unsynced(&part, p as i32, first as i64, last)
+                .unwrap(),
+        );
+    }
+    sync_folders(&files).unwrap();
+    files
+}

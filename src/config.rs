@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::archive::ArchiveCompression;
 use crate::ingest::Speed;
 
 #[derive(Debug, Parser)]
@@ -325,6 +326,9 @@ pub struct PipelineArgs {
     /// Do not write the Parquet archive.
     #[arg(long, env = "CONTRAIL_NO_ARCHIVE")]
     pub no_archive: bool,
+    /// Compression of the archive's Parquet files.
+    #[arg(long, env = "CONTRAIL_ARCHIVE_COMPRESSION", value_enum, default_value_t = ArchiveCompression::Snappy)]
+    pub archive_compression: ArchiveCompression,
     /// Most records in one micro-batch.
     #[arg(long, env = "CONTRAIL_BATCH_MAX_RECORDS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub batch_max_records: u64,

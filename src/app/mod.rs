@@ -179,6 +179,7 @@ fn process_config(p: &PipelineArgs, topics: &TopicArgs, partials: bool) -> Proce
             partials: partials.then(|| topics.topic_window_partials.clone()),
         },
         archive_dir: (!p.no_archive).then(|| p.data_dir.clone()),
+        archive_compression: p.archive_compression,
         batch_max_records: p.batch_max_records as usize,
         batch_max_wait: p.batch_max_wait(),
         model_path: Some(p.model.clone()),

@@ -32,7 +32,7 @@ use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::ArchiveWriter;
+use crate::archive::{ArchiveCompression, ArchiveWriter};
 use crate::bus::{BatchConsumer, ChangelogReader, Message, OutRecord};
 use crate::clock::SharedClock;
 use crate::config::topic;
@@ -81,6 +81,7 @@ pub struct ProcessConfig {
     pub topics: OutputTopics,
     /// Root of the Parquet archive; `None` archives nothing.
     pub archive_dir: Option<PathBuf>,
+    pub archive_compression: ArchiveCompression,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
     /// The anomaly model file; `None` plans the SQL with an unfitted scorer (null scores),
@@ -99,6 +100,7 @@ impl ProcessConfig {
             grid_cell_deg: 1.0,
             topics: OutputTopics::default(),
             archive_dir: None,
+            archive_compression: ArchiveCompression::default(),
             batch_max_records: 20_000,
             batch_max_wait: Duration::from_millis(500),
             model_path: None,
@@ -255,14 +257,16 @@ impl Processor {
         };
         let sql_texts = sql_texts(&config.sql_dir);
         let sql = SqlPipeline::load(&config.sql_dir, &vars, &scorer).await?;
-        let archive = config.archive_dir.as_deref().map(|root| Archives {
-            processed: ArchiveWriter::new(root, "processed"),
-            aircraft_windows: ArchiveWriter::with_time_column(
-                root,
-                "aircraft_windows",
-                "window_start",
-            ),
-            windows: ArchiveWriter::with_time_column(root, "windows", "window_start"),
+        let archive = config.archive_dir.as_deref().map(|root| {
+            let dataset = |name, time_column| {
+                ArchiveWriter::with_time_column(root, name, time_column)
+                    .with_compression(config.archive_compression)
+            };
+            Archives {
+                processed: dataset("processed", "timestamp"),
+                aircraft_windows: dataset("aircraft_windows", "window_start"),
+                windows: dataset("windows", "window_start"),
+            }
         });
         let merger = config
             .topics

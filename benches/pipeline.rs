@@ -85,7 +85,7 @@ fn stream(size: usize) -> Vec<Vec<Message>> {
                     partition: 0,
                     offset: (b * size + i) as i64,
                     key: Some(key.clone().into_bytes()),
-                    payload: payload.clone(),
+                    payload: payload.clone().into(),
                 })
                 .collect()
         })

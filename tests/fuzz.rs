@@ -24,7 +24,7 @@ fn message(i: usize, payload: Vec<u8>) -> Message {
         partition: 0,
         offset: i as i64,
         key: None,
-        payload,
+        payload: payload.into(),
     }
 }
 

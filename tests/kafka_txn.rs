@@ -98,7 +98,7 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
         batch
             .unwrap()
             .into_iter()
-            .map(|m| String::from_utf8(m.payload).unwrap())
+            .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
             .collect::<Vec<_>>()
     };
     let expected = vec!["raw 0", "raw 1", "raw 2"];

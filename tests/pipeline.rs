@@ -63,7 +63,7 @@ fn messages(payloads: &[Vec<u8>]) -> Vec<Message> {
                 .map_or(0, |h| (h % 3) as i32),
             offset: i as i64,
             key: None,
-            payload: p.clone(),
+            payload: p.clone().into(),
         })
         .collect()
 }
@@ -594,7 +594,7 @@ async fn streamed_windows_equal_one_batch_query_over_the_same_records() {
     old["last_contact"] = (old["last_contact"].as_i64().unwrap() + 1).into();
     let mut m = msgs[10].clone();
     m.offset = 1_000_000;
-    m.payload = serde_json::to_vec(&old).unwrap();
+    m.payload = serde_json::to_vec(&old).unwrap().into();
     let before = stats.late.load(std::sync::atomic::Ordering::Relaxed);
     let more = p.process(&[m]).await.unwrap();
     let late: Vec<serde_json::Value> = more

@@ -34,7 +34,7 @@ fn raw_batch() -> RecordBatch {
             partition: 0,
             offset: i as i64,
             key: None,
-            payload: l.as_bytes().to_vec(),
+            payload: l.as_bytes().to_vec().into(),
         })
         .collect();
     let decoded = decode(&messages).unwrap();

@@ -117,7 +117,7 @@ impl BatchConsumer for JsonlConsumer<'_> {
                 partition: 0,
                 offset: self.next_offset,
                 key: None,
-                payload: line.into_bytes(),
+                payload: line.into_bytes().into(),
             });
             self.next_offset += 1;
         }

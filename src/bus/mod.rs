@@ -27,7 +27,8 @@ pub struct Message {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
+    /// The value; cloning a message shares it instead of copying.
+    pub payload: Bytes,
 }
 
 /// A record to write to the bus.

@@ -138,7 +138,7 @@ struct Part {
 /// decoder, or, when that fails, one by one to find the bad ones.
 fn with_arrow_json(messages: &[Message], indices: &[usize]) -> Result<Part> {
     let together = decode_all(
-        indices.iter().map(|&i| messages[i].payload.as_slice()),
+        indices.iter().map(|&i| &messages[i].payload[..]),
         indices.len(),
     );
     if let Ok(batch) = together {
@@ -155,7 +155,7 @@ fn with_arrow_json(messages: &[Message], indices: &[usize]) -> Result<Part> {
     let mut seq = Vec::new();
     let mut rejected = Vec::new();
     for &i in indices {
-        match decode_all(std::iter::once(messages[i].payload.as_slice()), 1) {
+        match decode_all(std::iter::once(&messages[i].payload[..]), 1) {
             Ok(Some(b)) if b.num_rows() == 1 => {
                 good.push(b);
                 seq.push(i as i64);
@@ -190,7 +190,7 @@ mod tests {
             partition: 0,
             offset: i,
             key: None,
-            payload: payload.as_bytes().to_vec(),
+            payload: payload.as_bytes().to_vec().into(),
         }
     }
 

@@ -516,7 +516,7 @@ impl Processor {
                 progress_out.push(OutRecord::new(topic, None, u).to_partition(0));
             }
             if !progress.is_empty() {
-                let payloads: Vec<&[u8]> = progress.iter().map(|m| m.payload.as_slice()).collect();
+                let payloads: Vec<&[u8]> = progress.iter().map(|m| &m.payload[..]).collect();
                 let (partition, range) = offset_ranges(progress.iter())
                     .into_iter()
                     .next()

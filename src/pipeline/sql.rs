@@ -611,7 +611,7 @@ mod tests {
             partition: 0,
             offset: 0,
             key: None,
-            payload: br#"{"timestamp":"2026-11-25T10:00:00Z","icao24":"abc123","callsign":"DLH1    ","origin_country":"Germany","latitude":50.0,"longitude":8,"velocity":200,"baro_altitude":null,"geo_altitude":null,"vertical_rate":null,"heading":90.5,"on_ground":false,"squawk":null,"spi":false,"position_source":0,"category":null,"sensors":[1,2],"last_contact":1795600800,"ingest_timestamp":"2026-11-25T10:00:01Z"}"#.to_vec(),
+            payload: br#"{"timestamp":"2026-11-25T10:00:00Z","icao24":"abc123","callsign":"DLH1    ","origin_country":"Germany","latitude":50.0,"longitude":8,"velocity":200,"baro_altitude":null,"geo_altitude":null,"vertical_rate":null,"heading":90.5,"on_ground":false,"squawk":null,"spi":false,"position_source":0,"category":null,"sensors":[1,2],"last_contact":1795600800,"ingest_timestamp":"2026-11-25T10:00:01Z"}"#.to_vec().into(),
         }])
         .unwrap();
         assert!(raw.rejected.is_empty(), "{:?}", raw.rejected);
@@ -645,7 +645,8 @@ mod tests {
                     i % 3,
                     50.0 + i as f64 * 0.01
                 )
-                .into_bytes(),
+                .into_bytes()
+                .into(),
             })
             .collect();
         let decoded = crate::pipeline::decode::decode(&messages).unwrap();

@@ -3,8 +3,9 @@
 //! Files are written under a hidden temporary name (`.name.tmp`, which DuckDB globs,
 //! pyarrow datasets and Spark all skip), synced, and renamed into place, so readers never
 //! see a half-written file; then the folder is synced, so the rename itself (and a new
-//! folder's entry in its parent) survives a power loss. A file's name comes from the source partition and offset range
-//! it holds, so writing the same input again replaces the file instead of adding rows.
+//! folder's entry in its parent) survives a power loss. A file's name comes from the source
+//! partition and offset range it holds, so writing the same input again replaces the file
+//! instead of adding rows.
 //! Rows go to the hour of their event time (`timestamp`; `window_start` for windows).
 //!
 //! Files are written before the micro-batch's Kafka transaction commits. When a partition
@@ -32,7 +33,7 @@ const MICROS_PER_HOUR: i64 = 3_600_000_000;
 /// How the archive's files are compressed (`--archive-compression`). Per 20,000 processed
 /// rows on this project's benchmark machine (`cargo bench --bench pipeline -- stage/archive`):
 /// snappy 20 ms and 2.65 MB, lz4 (Parquet's LZ4_RAW) 20 ms and 2.62 MB, zstd (level 3)
-/// 38 ms and 2.12 MB.
+/// 38-41 ms and 2.12 MB.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ArchiveCompression {
     /// Fast, and every Parquet reader (Spark of any version included) reads it.
@@ -42,6 +43,7 @@ pub enum ArchiveCompression {
     Lz4,
     /// The smallest files, for about twice the CPU time.
     Zstd,
+    /// Uncompressed.
     None,
 }
 

@@ -4,8 +4,9 @@
 //! The columns the processed contract uses (strings, integers, floats, booleans, UTC
 //! timestamps, lists of those) are written by a row encoder made for this: all rows of a batch
 //! into one buffer (each row's payload is a slice of it), keys escaped once per batch, numbers
-//! by lexical-core and timestamps as RFC 3339 by hand, byte for byte what arrow-json writes. A batch with any other column type (a
-//! user's features.sql may add one) goes through arrow-json's writer instead.
+//! by lexical-core and timestamps as RFC 3339 by hand, byte for byte what arrow-json writes.
+//! A batch with any other column type (a user's features.sql may add one) goes through
+//! arrow-json's writer instead.
 
 use arrow::array::{
     Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericListArray, GenericStringArray,

@@ -130,6 +130,41 @@ impl Run {
         committed(&self.group(), &self.raw())
     }
 
+    /// From each processor's log, for a failure message (the run's folder is deleted when
+    /// the test ends): the first and last 30 warnings and errors, and the last 20 lines.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.data)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let alarms: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            let mut shown: Vec<&str> = alarms.iter().take(30).copied().collect();
+            if alarms.len() > 60 {
+                shown.push("...");
+            }
+            shown.extend(alarms.iter().skip(30.max(alarms.len().saturating_sub(30))));
+            let tail = &lines[lines.len().saturating_sub(20)..];
+            out += &format!(
+                "\n--- {}: {} warnings and errors\n{}\n--- its last lines\n{}",
+                path.display(),
+                alarms.len(),
+                shown.join("\n"),
+                tail.join("\n")
+            );
+        }
+        out
+    }
+
     /// Waits until the group has committed every raw record and the merger has taken
     /// the last partials (its committed offset stops moving).
     fn wait_done(&self, total: i64, limit: Duration) {
@@ -137,9 +172,10 @@ impl Run {
         while self.progress() < total {
             assert!(
                 started.elapsed() < limit,
-                "{}: {} of {total} committed after {limit:?}",
+                "{}: {} of {total} committed after {limit:?}{}",
                 self.name,
-                self.progress()
+                self.progress(),
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -148,8 +184,9 @@ impl Run {
         while last.1.elapsed() < Duration::from_secs(4) {
             assert!(
                 started.elapsed() < limit,
-                "{}: partials still moving",
-                self.name
+                "{}: partials still moving{}",
+                self.name,
+                self.logs()
             );
             std::thread::sleep(Duration::from_millis(500));
             let now = committed(&self.group(), &partials);
@@ -347,7 +384,8 @@ async fn processors_survive_crashes_scale_out_and_broker_restarts() {
         while crashes.progress() < target {
             assert!(
                 started.elapsed() < limit,
-                "crash run stalled before crash {i}"
+                "crash run stalled before crash {i}{}",
+                crashes.logs()
             );
             assert!(
                 p.try_wait().unwrap().is_none(),
@@ -481,7 +519,11 @@ async fn processors_survive_crashes_scale_out_and_broker_restarts() {
     let mut p = outage.spawn("a");
     let started = Instant::now();
     while outage.progress() < total / 3 {
-        assert!(started.elapsed() < limit, "outage run stalled");
+        assert!(
+            started.elapsed() < limit,
+            "outage run stalled{}",
+            outage.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let status = Command::new("sh").args(["-c", &restart]).status().unwrap();
@@ -493,7 +535,8 @@ async fn processors_survive_crashes_scale_out_and_broker_restarts() {
     outage.wait_done(total, limit);
     assert!(
         p.try_wait().unwrap().is_none(),
-        "the processor gave up during the outage"
+        "the processor gave up during the outage{}",
+        outage.logs()
     );
     terminate(&mut p, Duration::from_secs(60));
     assert_same("broker restart", &outage.outputs(), &want);

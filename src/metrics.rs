@@ -64,6 +64,11 @@ impl<B: Buckets> Histogram<B> {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// The sum of the observations so far.
+    pub fn sum(&self) -> f64 {
+        f64::from_bits(self.sum.load(Ordering::Relaxed))
+    }
+
     pub fn observe(&self, v: f64) {
         let i = B::BOUNDS.partition_point(|b| *b < v);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
@@ -207,11 +212,7 @@ impl Exposition {
             let le = B::BOUNDS.get(i).map_or("+Inf".to_string(), f64::to_string);
             self.sample(&bucket, &[("le", &le)], cumulative as f64);
         }
-        self.sample(
-            &format!("{name}_sum"),
-            &[],
-            f64::from_bits(h.sum.load(Ordering::Relaxed)),
-        );
+        self.sample(&format!("{name}_sum"), &[], h.sum());
         self.sample(&format!("{name}_count"), &[], cumulative as f64);
     }
 
@@ -431,6 +432,18 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
         "Time to commit one micro-batch, from the commit's start to its end (Kafka: the \
          transaction's offsets, records and commit); it overlaps the next batch's processing.",
         &s.commit_seconds,
+    );
+    e.histogram(
+        "contrail_process_poll_seconds",
+        "Time the stage waited for the bus to hand out the next micro-batch (long waits: the \
+         input is the limit, not the stage).",
+        &s.poll_seconds,
+    );
+    e.histogram(
+        "contrail_process_commit_wait_seconds",
+        "Time the stage waited, after processing a micro-batch, for the previous batch's \
+         commit to end and this one's to begin (long waits: the commit is the limit).",
+        &s.commit_wait_seconds,
     );
 }
 

@@ -234,6 +234,58 @@ struct Outputs {
     dead: Vec<String>,
 }
 
+/// The fields by which the same records (one icao24 and `last_contact`, or the same
+/// whole record) differ, for up to five of them; the rest as they are.
+fn differences(missing: &[&String], extra: &[&String]) -> String {
+    let key = |r: &str| {
+        let v: serde_json::Value = serde_json::from_str(r).ok()?;
+        let v = v.get("record").unwrap_or(&v).clone();
+        Some((
+            v.get("icao24")?.to_string(),
+            v.get("last_contact")?.to_string(),
+            v,
+        ))
+    };
+    let extra_by_key: BTreeMap<(String, String), serde_json::Value> = extra
+        .iter()
+        .filter_map(|r| key(r))
+        .map(|(id, lc, v)| ((id, lc), v))
+        .collect();
+    let mut out = Vec::new();
+    for r in missing {
+        let Some((id, lc, want)) = key(r) else {
+            continue;
+        };
+        let Some(got) = extra_by_key.get(&(id.clone(), lc.clone())) else {
+            continue;
+        };
+        let fields: Vec<String> = want
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| got.get(k.as_str()) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {v} -> {}",
+                    got.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+                )
+            })
+            .collect();
+        out.push(format!(
+            "icao24 {id} last_contact {lc}: {}",
+            fields.join(", ")
+        ));
+    }
+    let paired = out.len();
+    out.truncate(5);
+    format!(
+        "{paired} records differ in fields (reference -> this run): [{}]; missing {:?}; extra {:?}",
+        out.join("; "),
+        &missing[..missing.len().min(3)],
+        &extra[..extra.len().min(3)]
+    )
+}
+
 fn assert_same(name: &str, got: &Outputs, want: &Outputs) {
     for (what, g, w) in [
         ("processed", &got.processed, &want.processed),
@@ -245,12 +297,15 @@ fn assert_same(name: &str, got: &Outputs, want: &Outputs) {
         if g != w {
             let gs: HashSet<&String> = g.iter().collect();
             let ws: HashSet<&String> = w.iter().collect();
-            let missing: Vec<_> = ws.difference(&gs).take(3).collect();
-            let extra: Vec<_> = gs.difference(&ws).take(3).collect();
+            let missing: Vec<&String> = ws.difference(&gs).copied().collect();
+            let extra: Vec<&String> = gs.difference(&ws).copied().collect();
             panic!(
-                "{name}: {what} differ from the reference: {} vs {} records; missing {missing:?}; extra {extra:?}",
+                "{name}: {what} differ from the reference: {} vs {} records, {} missing, {} extra; {}",
                 g.len(),
-                w.len()
+                w.len(),
+                missing.len(),
+                extra.len(),
+                differences(&missing, &extra)
             );
         }
     }

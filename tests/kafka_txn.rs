@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 /// The output topic takes records of at most this many bytes (its `max.message.bytes`).
 const OUTPUT_LIMIT: usize = 4_096;
@@ -139,4 +139,74 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
         .collect();
     assert_eq!(published, vec![b"fits".to_vec()]);
     assert_eq!(committed(&group, &raw), 3);
+}
+
+/// A new owner may restore a partition's state while the previous owner's last
+/// transaction is still open on the changelog (its commit decided, its marker not yet
+/// written): the restore must wait for it and read its records, not stop at the last
+/// stable offset before them.
+#[tokio::test]
+#[ignore = "needs Apache Kafka: run scripts/test"]
+async fn a_changelog_restore_waits_for_the_open_transaction() {
+    let topic = format!("txn-changelog-{}", std::process::id());
+    create(&[(&topic, None)]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", format!("{topic}-owner"))
+        .create()
+        .unwrap();
+    let txn = Duration::from_secs(30);
+    producer.init_transactions(txn).unwrap();
+    producer.begin_transaction().unwrap();
+    async fn send(producer: &FutureProducer, topic: &str, key: String) {
+        let record = FutureRecord::to(topic).key(&key).payload("state");
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        send(&producer, &topic, format!("{topic}/committed-{i}")).await;
+    }
+    producer.commit_transaction(txn).unwrap();
+    // The last batch's state: written and acknowledged, its commit not yet marked.
+    producer.begin_transaction().unwrap();
+    for i in 0..2 {
+        send(&producer, &topic, format!("{topic}/last-{i}")).await;
+    }
+
+    let reader = contrail::bus::kafka::KafkaChangelogReader {
+        bootstrap: bootstrap(),
+        topic: topic.clone(),
+    };
+    let restore = tokio::spawn(async move {
+        use contrail::bus::ChangelogReader;
+        reader.read(0).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !restore.is_finished(),
+        "the restore ended while a transaction was open on the changelog"
+    );
+    producer.commit_transaction(txn).unwrap();
+    let keys: Vec<String> = restore
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .collect();
+    let want: Vec<String> = [
+        "committed-0",
+        "committed-1",
+        "committed-2",
+        "last-0",
+        "last-1",
+    ]
+    .iter()
+    .map(|k| format!("{topic}/{k}"))
+    .collect();
+    assert_eq!(
+        keys, want,
+        "every committed record, the last batch's included"
+    );
 }

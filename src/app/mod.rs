@@ -751,6 +751,11 @@ fn log_process(stats: &ProcessStats, started: Option<&Instant>) {
         batches = l(&stats.batches),
         archive_files = l(&stats.archive_files),
         records_per_s = (l(&stats.consumed) as f64 / secs) as u64,
+        // Where the loop's time went, in seconds so far: waiting for input, processing,
+        // waiting for commits.
+        poll_s = format!("{:.1}", stats.poll_seconds.sum()),
+        stage_s = format!("{:.1}", stats.stage_seconds.sum()),
+        commit_wait_s = format!("{:.1}", stats.commit_wait_seconds.sum()),
         "process"
     );
 }

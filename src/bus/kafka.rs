@@ -573,20 +573,58 @@ impl ChangelogReader for KafkaChangelogReader {
     }
 }
 
+/// Reads a changelog partition to its end: every record committed up to the last one
+/// written, not only up to the last stable offset.
+///
+/// Whoever owned the partition before may have a transaction whose commit (or abort) is
+/// decided but whose marker has not yet reached this partition. The offsets it committed
+/// can already be visible (they are written to another partition), so this owner may be
+/// restoring right then; under `read_committed` the partition would end at that
+/// transaction's first record, and the state would miss its last batch. So the read waits
+/// until the last stable offset has caught up with the high watermark: then nothing is
+/// undecided below the end.
 fn read_changelog(
     bootstrap: &str,
     topic: &str,
     partition: i32,
 ) -> Result<Vec<ChangelogRecord>, KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "contrail-changelog-restore")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(30))?;
+    let client = |isolation: &str| -> Result<BaseConsumer, KafkaError> {
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "contrail-changelog-restore")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", isolation)
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+    };
+    let consumer = client("read_committed")?;
+    // Watermarks are asked for at the client's isolation level: the high one is the last
+    // stable offset for `consumer`, the end of the log for `uncommitted`.
+    let uncommitted = client("read_uncommitted")?;
+    let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
+    let wait = Duration::from_secs(30);
+    let (low, high) = loop {
+        let (low, end) = uncommitted.fetch_watermarks(topic, partition, wait)?;
+        let (_, stable) = consumer.fetch_watermarks(topic, partition, wait)?;
+        if stable >= end {
+            break (low, end);
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                topic,
+                partition,
+                stable,
+                end,
+                "changelog partition has a transaction still open"
+            );
+            return Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(uncommitted);
     let mut out = Vec::new();
     if high <= low {
         return Ok(out);
@@ -594,8 +632,6 @@ fn read_changelog(
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, partition, Offset::Beginning)?;
     consumer.assign(&list)?;
-    let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
-    // End of partition is reported at the last stable offset under read_committed.
     while std::time::Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(500)) {
             None => {}

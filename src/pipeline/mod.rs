@@ -140,6 +140,10 @@ pub struct ProcessStats {
     /// commit), and its commit (which overlaps the next batch's processing).
     pub stage_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
     pub commit_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
+    /// Where the stage's loop waits: for the bus to hand out the next micro-batch, and,
+    /// once a batch is processed, for the previous commit to end and this one's to begin.
+    pub poll_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
+    pub commit_wait_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
     /// From each record's `ingest_timestamp` to the commit of its processed record.
     pub latency: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
     /// Records not yet consumed per assigned (topic, partition), after the last batch.
@@ -1123,11 +1127,16 @@ pub async fn run_process(
     let partials = processor.config.topics.partials.clone();
     let mut in_flight: Option<InFlight> = None;
     loop {
+        let polling = std::time::Instant::now();
         let batch = tokio::select! {
             biased;
             () = shutdown.cancelled() => return settle(processor, in_flight.take()).await,
             batch = consumer.next_batch(max_records, max_wait) => batch,
         };
+        processor
+            .stats
+            .poll_seconds
+            .observe(polling.elapsed().as_secs_f64());
         let result = match batch {
             Err(e) => {
                 settle(processor, in_flight.take()).await?;
@@ -1207,10 +1216,15 @@ async fn step(
     let stage = started.elapsed();
     let records = raw.len();
     drop((raw, progress));
+    let waiting = std::time::Instant::now();
     settle(processor, in_flight.take()).await?;
     let outputs = processed?;
     let commit_began = std::time::Instant::now();
     let commit = consumer.start_commit(outputs).await?;
+    processor
+        .stats
+        .commit_wait_seconds
+        .observe(waiting.elapsed().as_secs_f64());
     *in_flight = Some(InFlight {
         commit: tokio::spawn(async move { (commit.await, commit_began.elapsed()) }),
         records,

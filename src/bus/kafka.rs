@@ -581,8 +581,8 @@ impl ChangelogReader for KafkaChangelogReader {
 /// can already be visible (they are written to another partition), so this owner may be
 /// restoring right then; under `read_committed` the partition would end at that
 /// transaction's first record, and the state would miss its last batch. So the read waits
-/// until the last stable offset has caught up with the high watermark: then nothing is
-/// undecided below the end.
+/// until the last stable offset has caught up with the high watermark as it was when the
+/// restore began: then nothing is undecided below it.
 fn read_changelog(
     bootstrap: &str,
     topic: &str,
@@ -604,18 +604,21 @@ fn read_changelog(
     let uncommitted = client("read_uncommitted")?;
     let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
     let wait = Duration::from_secs(30);
-    let (low, high) = loop {
-        let (low, end) = uncommitted.fetch_watermarks(topic, partition, wait)?;
+    // The end as the restore begins: transactions that write here later are not waited
+    // for (the window merger's state shares a partition with a raw partition's, and its
+    // owner may be another processor, committing all the time).
+    let (low, high) = uncommitted.fetch_watermarks(topic, partition, wait)?;
+    loop {
         let (_, stable) = consumer.fetch_watermarks(topic, partition, wait)?;
-        if stable >= end {
-            break (low, end);
+        if stable >= high {
+            break;
         }
         if std::time::Instant::now() >= deadline {
             tracing::warn!(
                 topic,
                 partition,
                 stable,
-                end,
+                end = high,
                 "changelog partition has a transaction still open"
             );
             return Err(KafkaError::MessageConsumption(
@@ -623,7 +626,7 @@ fn read_changelog(
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
     drop(uncommitted);
     let mut out = Vec::new();
     if high <= low {

@@ -6,6 +6,8 @@
 //! - `sql`: clean.sql + features.sql with the Isolation Forest UDF scoring every row
 //!   (plans made once, re-executed per batch, as the stage does);
 //! - `encode`: processed rows -> JSON payloads for `flight-processed-data`;
+//! - `live_store`: those payloads into the live store of `serve` and the demo's dashboard
+//!   (parsed back, each aircraft's track and the anomalies kept);
 //! - `archive/{snappy,lz4,zstd}`: processed rows -> the archive's Parquet files with each
 //!   `--archive-compression`, as a micro-batch from six source partitions writes them: six
 //!   files in one hour's folder, each synced and renamed into place, then the folder synced
@@ -35,6 +37,7 @@ use contrail::pipeline::decode::decode;
 use contrail::pipeline::encode::to_json_rows;
 use contrail::pipeline::sql::SqlPipeline;
 use contrail::pipeline::{ProcessConfig, ProcessStats, Processor};
+use contrail::query::store::{Feed, LiveStore, StoreLimits};
 use contrail::udf::Scorer;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -148,6 +151,17 @@ fn benches(c: &mut Criterion) {
     let processed = p.take_processed().remove(0);
     assert_eq!(processed.num_rows(), BATCH);
     g.bench_function("encode", |b| b.iter(|| to_json_rows(&processed).unwrap()));
+
+    // The live store (`serve`, the demo's dashboard) taking the batch's processed records.
+    let rows = to_json_rows(&processed).unwrap();
+    let store = LiveStore::new(StoreLimits::default());
+    g.bench_function("live_store", |b| {
+        b.iter(|| {
+            for i in 0..rows.len() {
+                store.add(Feed::Processed, rows.get(i)).unwrap();
+            }
+        })
+    });
 
     for compression in [
         ArchiveCompression::Snappy,

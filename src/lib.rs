@@ -19,6 +19,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod http;
 pub mod ingest;
+mod json_cursor;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -1,8 +1,8 @@
 //! Property tests of everything that parses outside input: ingest's `validate`, the process
-//! stage's JSON -> Arrow `decode`, and the OpenSky `/states/all` parser. They run on
-//! arbitrary bytes, on arbitrary JSON, and on mutations of valid input (bytes flipped,
-//! inserted, deleted, cut), and check that nothing panics and that the parsers keep their
-//! promises. (cargo-fuzz needs a nightly compiler; CI has stable, so this is proptest.)
+//! stage's JSON -> Arrow `decode`, the live store's reader of processed records, and the
+//! OpenSky `/states/all` parser. They run on arbitrary bytes, on arbitrary JSON, and on
+//! mutations of valid input (bytes flipped, inserted, deleted, cut), and check that nothing
+//! panics and that the parsers keep their promises. (cargo-fuzz needs a nightly compiler; CI has stable, so this is proptest.)
 //!
 //! `PROPTEST_CASES` sets the cases per property (256 by default); the closing note of the
 //! operations issue reports a 10-minute run:
@@ -15,6 +15,7 @@ use contrail::bus::Message;
 use contrail::ingest::opensky::parse_states;
 use contrail::ingest::validate::validate;
 use contrail::pipeline::decode::{Decoded, decode, decode_with_arrow_json};
+use contrail::query::store::{parse_state, parse_state_with_serde};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -195,6 +196,96 @@ fn record_with_one_field_replaced() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// A processed record as the live store reads it: the store's fields with values mostly of
+/// the right kinds (now and then null, another kind, or left out), the pipeline's other
+/// columns as arbitrary JSON, now and then a field twice; in any order, written compactly
+/// or with whitespace.
+fn processed_record() -> impl Strategy<Value = Vec<u8>> {
+    fn float() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            30 => any::<f64>().prop_map(|f| json!(f)),
+            8 => any::<i64>().prop_map(|i| json!(i)),
+            4 => Just(Value::Null),
+            1 => Just(json!("1.5")),
+            1 => Just(json!(u64::MAX)),
+        ]
+    }
+    fn text() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            // Printable ASCII without the two characters JSON escapes, mostly.
+            30 => "[ !#-\\[\\]-~]{0,12}".prop_map(Value::String),
+            2 => "[ -~]{0,12}".prop_map(Value::String),
+            2 => any::<String>().prop_map(Value::String),
+            1 => Just(Value::Null),
+            1 => Just(json!(7)),
+        ]
+    }
+    fn boolean() -> impl Strategy<Value = Value> {
+        prop_oneof![30 => any::<bool>().prop_map(Value::Bool), 1 => Just(Value::Null), 1 => Just(json!(1))]
+    }
+    const TEXTS: [&str; 5] = [
+        "icao24",
+        "callsign",
+        "origin_country",
+        "squawk",
+        "flight_phase",
+    ];
+    const FLOATS: [&str; 11] = [
+        "latitude",
+        "longitude",
+        "velocity_knots",
+        "altitude_ft",
+        "vertical_rate_fpm",
+        "heading",
+        "anomaly_score",
+        "speed_mismatch_knots",
+        "climb_mismatch_fpm",
+        "position_jump_km",
+        "seconds_since_previous",
+    ];
+    let timestamp =
+        prop_oneof![30 => timestamp_text().prop_map(Value::String), 1 => Just(Value::Null)];
+    (
+        timestamp,
+        prop::collection::vec(text(), TEXTS.len()),
+        prop::collection::vec(float(), FLOATS.len()),
+        (boolean(), boolean()),
+        prop::collection::vec(("[a-z_]{1,14}", json_value()), 0..6),
+        (any::<prop::sample::Index>(), 0u8..20),
+        any::<bool>(),
+    )
+        .prop_flat_map(
+            |(ts, texts, floats, (on_ground, is_anomaly), extra, (pick, what), spaced)| {
+                let mut fields: Vec<(String, Value)> = vec![
+                    ("timestamp".into(), ts),
+                    ("on_ground".into(), on_ground),
+                    ("is_anomaly".into(), is_anomaly),
+                ];
+                fields.extend(TEXTS.iter().map(|k| k.to_string()).zip(texts));
+                fields.extend(FLOATS.iter().map(|k| k.to_string()).zip(floats));
+                fields.extend(extra);
+                let chosen = pick.index(fields.len());
+                match what {
+                    0 => {
+                        fields.remove(chosen);
+                    }
+                    1 => fields.push(fields[chosen].clone()),
+                    _ => {}
+                }
+                (Just(fields).prop_shuffle(), Just(spaced))
+            },
+        )
+        .prop_map(|(fields, spaced)| {
+            let sep = if spaced { " ,\n\t" } else { "," };
+            let colon = if spaced { " : " } else { ":" };
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{}{colon}{}", json!(k), v))
+                .collect();
+            format!("{{{}}}", body.join(sep)).into_bytes()
+        })
+}
+
 /// An OpenSky state row: 18 fields of the right kinds, some of them arbitrary.
 fn state_row() -> impl Strategy<Value = Value> {
     (
@@ -244,6 +335,20 @@ fn states_body() -> impl Strategy<Value = Vec<u8>> {
 
 proptest! {
     /// Arbitrary bytes: validation answers, and what it accepts meets the contract.
+    /// Processed records with arbitrary values, whole or mutated: the live store's fast
+    /// parser gives serde_json's answer (the same state, or the same error).
+    #[test]
+    fn live_store_parser_agrees_with_serde(
+        bytes in processed_record(),
+        e in prop::option::weighted(0.3, edits()),
+    ) {
+        let bytes = match e {
+            Some(e) => mutate(bytes, &e),
+            None => bytes,
+        };
+        prop_assert_eq!(parse_state(&bytes), parse_state_with_serde(&bytes));
+    }
+
     #[test]
     fn validate_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
         if let Ok(r) = validate(&bytes) {

@@ -13,6 +13,7 @@ use contrail::dead_letter::DeadLetter;
 use contrail::ingest::simulator::{Emitted, Simulator, SimulatorConfig};
 use contrail::ingest::validate::{Dedupe, validate};
 use contrail::pipeline::{ProcessConfig, ProcessStats, Processor};
+use contrail::query::store::{parse_state_fast, parse_state_with_serde};
 use contrail::schema::processed_contract_columns;
 
 const PROCESSED: &str = "processed";
@@ -162,6 +163,11 @@ async fn every_record_is_processed_once_or_dead_lettered_with_a_reason() {
             r.key.as_deref(),
             Some(v["icao24"].as_str().unwrap().as_bytes())
         );
+        // The live store (serve, the dashboard) reads it with its fast parser, and reads
+        // what serde_json reads.
+        let fast = parse_state_fast(&r.payload);
+        assert!(fast.is_some(), "{}", String::from_utf8_lossy(&r.payload));
+        assert_eq!(fast, parse_state_with_serde(&r.payload).ok());
     }
 
     // The archive holds the same rows, one file set per source partition.

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 
 use super::proto::{AircraftWindow, Anomaly, State, Window};
+use crate::json_cursor::Cursor;
 
 /// Bounds of the live store.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +150,141 @@ struct WindowJson {
     avg_anomaly_score: Option<f64>,
 }
 
+/// A processed record's payload as the store keeps it: its event time (microseconds) and
+/// its state. Payloads written the way the pipeline writes them go through a hand-written
+/// parser; anything else (escapes, other time zones, a duplicate key, a missing field, ...)
+/// through serde_json, which reads it or says what is wrong. Both give the same state for
+/// what the first takes (`tests/fuzz.rs`).
+#[doc(hidden)]
+pub fn parse_state(payload: &[u8]) -> Result<(i64, State), String> {
+    match parse_state_fast(payload) {
+        Some(parsed) => Ok(parsed),
+        None => parse_state_with_serde(payload),
+    }
+}
+
+/// [`parse_state`] by serde_json alone (the reference the fast parser is tested against).
+#[doc(hidden)]
+pub fn parse_state_with_serde(payload: &[u8]) -> Result<(i64, State), String> {
+    let r: ProcessedJson = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    let state = State {
+        timestamp: Some(ts(&r.timestamp)),
+        icao24: r.icao24,
+        callsign: r.callsign.map(|c| c.trim().to_string()),
+        origin_country: r.origin_country,
+        latitude: r.latitude,
+        longitude: r.longitude,
+        velocity_knots: r.velocity_knots,
+        altitude_ft: r.altitude_ft,
+        vertical_rate_fpm: r.vertical_rate_fpm,
+        heading: r.heading,
+        on_ground: r.on_ground,
+        squawk: r.squawk,
+        flight_phase: r.flight_phase,
+        anomaly_score: r.anomaly_score,
+        is_anomaly: r.is_anomaly.unwrap_or(false),
+        speed_mismatch_knots: r.speed_mismatch_knots,
+        climb_mismatch_fpm: r.climb_mismatch_fpm,
+        position_jump_km: r.position_jump_km,
+        seconds_since_previous: r.seconds_since_previous,
+    };
+    Ok((r.timestamp.timestamp_micros(), state))
+}
+
+/// The fields of [`ProcessedJson`] by position; the others are skipped.
+fn state_field(key: &str) -> Option<u32> {
+    Some(match key {
+        "timestamp" => 0,
+        "icao24" => 1,
+        "callsign" => 2,
+        "origin_country" => 3,
+        "latitude" => 4,
+        "longitude" => 5,
+        "velocity_knots" => 6,
+        "altitude_ft" => 7,
+        "vertical_rate_fpm" => 8,
+        "heading" => 9,
+        "on_ground" => 10,
+        "squawk" => 11,
+        "flight_phase" => 12,
+        "anomaly_score" => 13,
+        "is_anomaly" => 14,
+        "speed_mismatch_knots" => 15,
+        "climb_mismatch_fpm" => 16,
+        "position_jump_km" => 17,
+        "seconds_since_previous" => 18,
+        _ => return None,
+    })
+}
+
+/// The fields [`ProcessedJson`] requires (the others are `Option`s).
+const STATE_REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 10 | 1 << 12;
+
+/// How deep skipped values may nest (serde_json allows 128).
+const SKIP_DEPTH: u32 = 32;
+
+/// [`parse_state`]'s hand-written parser alone: `None` for what it leaves to serde_json.
+#[doc(hidden)]
+pub fn parse_state_fast(payload: &[u8]) -> Option<(i64, State)> {
+    let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
+    let mut s = State::default();
+    let (mut micros, mut seen) = (0, 0u32);
+    if !c.eat(b'{') {
+        return None;
+    }
+    if !c.eat(b'}') {
+        loop {
+            let key = c.string()?;
+            if !c.eat(b':') {
+                return None;
+            }
+            match state_field(key) {
+                None => c.skip_value(SKIP_DEPTH)?,
+                Some(field) => {
+                    if seen & (1 << field) != 0 {
+                        return None;
+                    }
+                    seen |= 1 << field;
+                    let num = Cursor::f64;
+                    match field {
+                        0 => micros = c.timestamp()?,
+                        1 => s.icao24 = c.string()?.to_owned(),
+                        2 => s.callsign = c.nullable(Cursor::string)?.map(|v| v.trim().to_owned()),
+                        3 => s.origin_country = c.string()?.to_owned(),
+                        4 => s.latitude = c.nullable(num)?,
+                        5 => s.longitude = c.nullable(num)?,
+                        6 => s.velocity_knots = c.nullable(num)?,
+                        7 => s.altitude_ft = c.nullable(num)?,
+                        8 => s.vertical_rate_fpm = c.nullable(num)?,
+                        9 => s.heading = c.nullable(num)?,
+                        10 => s.on_ground = c.bool()?,
+                        11 => s.squawk = c.nullable(Cursor::string)?.map(str::to_owned),
+                        12 => s.flight_phase = c.string()?.to_owned(),
+                        13 => s.anomaly_score = c.nullable(num)?,
+                        14 => s.is_anomaly = c.nullable(Cursor::bool)?.unwrap_or(false),
+                        15 => s.speed_mismatch_knots = c.nullable(num)?,
+                        16 => s.climb_mismatch_fpm = c.nullable(num)?,
+                        17 => s.position_jump_km = c.nullable(num)?,
+                        _ => s.seconds_since_previous = c.nullable(num)?,
+                    }
+                }
+            }
+            if c.eat(b',') {
+                continue;
+            }
+            if c.eat(b'}') {
+                break;
+            }
+            return None;
+        }
+    }
+    if !c.at_end() || seen & STATE_REQUIRED != STATE_REQUIRED {
+        return None;
+    }
+    s.timestamp = Some(timestamp(micros));
+    Some((micros, s))
+}
+
 impl LiveStore {
     pub fn new(limits: StoreLimits) -> Self {
         Self {
@@ -200,29 +336,7 @@ impl LiveStore {
     }
 
     fn add_state(&self, payload: &[u8]) -> Result<(), String> {
-        let r: ProcessedJson = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
-        let state = State {
-            timestamp: Some(ts(&r.timestamp)),
-            icao24: r.icao24,
-            callsign: r.callsign.map(|c| c.trim().to_string()),
-            origin_country: r.origin_country,
-            latitude: r.latitude,
-            longitude: r.longitude,
-            velocity_knots: r.velocity_knots,
-            altitude_ft: r.altitude_ft,
-            vertical_rate_fpm: r.vertical_rate_fpm,
-            heading: r.heading,
-            on_ground: r.on_ground,
-            squawk: r.squawk,
-            flight_phase: r.flight_phase,
-            anomaly_score: r.anomaly_score,
-            is_anomaly: r.is_anomaly.unwrap_or(false),
-            speed_mismatch_knots: r.speed_mismatch_knots,
-            climb_mismatch_fpm: r.climb_mismatch_fpm,
-            position_jump_km: r.position_jump_km,
-            seconds_since_previous: r.seconds_since_previous,
-        };
-        let event_micros = r.timestamp.timestamp_micros();
+        let (event_micros, state) = parse_state(payload)?;
         let mut inner = self.inner.write().expect("store lock");
         let newest = inner.newest.map_or(event_micros, |n| n.max(event_micros));
         inner.newest = Some(newest);
@@ -253,11 +367,18 @@ impl LiveStore {
             // No subscriber is not an error.
             let _ = self.anomalies_tx.send(state.clone());
         }
-        let track = inner.aircraft.entry(state.icao24.clone()).or_default();
-        if track.len() >= self.limits.track_points.max(1) {
-            track.pop_front();
+        let track_points = self.limits.track_points.max(1);
+        if let Some(track) = inner.aircraft.get_mut(&state.icao24) {
+            if track.len() >= track_points {
+                track.pop_front();
+            }
+            track.push_back(state);
+        } else {
+            let mut track = VecDeque::with_capacity(track_points.min(16));
+            let icao24 = state.icao24.clone();
+            track.push_back(state);
+            inner.aircraft.insert(icao24, track);
         }
-        track.push_back(state);
         if inner.aircraft.len() > self.limits.max_aircraft + self.limits.max_aircraft / 10 {
             evict_least_recent(&mut inner.aircraft, self.limits.max_aircraft);
         }
@@ -537,6 +658,46 @@ mod tests {
         let anomalies = store.anomalies(|_| true, 10);
         assert_eq!(anomalies.len(), 1);
         assert_eq!(anomalies[0].state.as_ref().unwrap().icao24, "b00007");
+    }
+
+    #[test]
+    fn what_the_fast_parser_leaves_to_serde_reads_the_same() {
+        let plain = state("abc123", "2026-11-25T10:00:00Z", false);
+        let fast = parse_state_fast(&plain).expect("the pipeline's way of writing");
+        assert_eq!(Ok(fast.clone()), parse_state_with_serde(&plain));
+        assert_eq!(fast.0, 1_795_600_800_000_000);
+        let text = String::from_utf8(plain).unwrap();
+        // (from, to, the fast parser takes it): an escape and another time zone go to
+        // serde_json; a nested value to skip and whitespace do not.
+        for (from, to, fast_takes) in [
+            ("\"ABC123  \"", "\"AB\\u0043123  \"", false),
+            ("10:00:00Z", "11:00:00+01:00", false),
+            (
+                "\"extra\":1",
+                "\"extra\":{\"a\":[1,\"x\\\"\",null,{}]}",
+                true,
+            ),
+            (",", " ,\n ", true),
+        ] {
+            let variant = text.replace(from, to);
+            assert_ne!(variant, text);
+            assert_eq!(parse_state(variant.as_bytes()).unwrap(), fast, "{variant}");
+            let taken = parse_state_fast(variant.as_bytes());
+            assert_eq!(taken.is_some(), fast_takes, "{variant}");
+        }
+        // A field twice or a required one missing: serde_json's error.
+        let twice = text.replace("\"heading\"", "\"on_ground\":true,\"heading\"");
+        assert!(
+            parse_state(twice.as_bytes())
+                .unwrap_err()
+                .contains("duplicate field")
+        );
+        let missing = text.replace("\"flight_phase\":\"cruise\",", "");
+        assert!(
+            parse_state(missing.as_bytes())
+                .unwrap_err()
+                .contains("missing field")
+        );
     }
 
     #[test]

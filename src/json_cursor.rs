@@ -1,8 +1,8 @@
-//! A cursor over JSON text for the hand-written parsers of the hot paths (the raw
-//! records of the process stage's decoder, the processed records of the live store). Each
-//! parser accepts a subset of JSON written the way Contrail writes it and hands anything
-//! else to a general parser (arrow-json, serde_json), which decodes it or says why not, so
-//! a `None` from the cursor is never an error by itself.
+//! A cursor over JSON text for the hand-written parsers of the hot paths (the raw records
+//! of the process stage's decoder, the processed records of the live store, the times of a
+//! replay file's lines). Each parser accepts a subset of JSON written the way Contrail
+//! writes it and hands anything else to a general parser (arrow-json, serde_json), which
+//! decodes it or says why not, so a `None` from the cursor is never an error by itself.
 
 use chrono::NaiveDate;
 

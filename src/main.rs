@@ -89,11 +89,16 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(contrail::app::run(cli)) {
+    let code = match runtime.block_on(contrail::app::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Everything the command needed is done; a librdkafka call given up on (the
+    // transactional watchdog in bus/kafka.rs) may still hold a blocking thread, which must
+    // not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(30));
+    code
 }

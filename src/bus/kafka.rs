@@ -34,6 +34,13 @@ use crate::error::{Error, Result};
 /// How long a transactional call may wait for the broker before the batch fails.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a transactional call may take in all before it counts as failed even if
+/// librdkafka has not returned: `send_offsets_to_transaction` can ignore its timeout and
+/// wait for ever when the group coordinator was down as the call began (librdkafka issues
+/// #5456 and #5511; seen here in `tests/kafka_faults.rs`'s broker restart, the call's
+/// thread waiting on a condition variable with no deadline).
+const TXN_WATCHDOG: Duration = Duration::from_secs(90);
+
 /// Producer settings shared by the idempotent and the transactional producer.
 fn producer_config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -301,12 +308,11 @@ impl KafkaBatchConsumer {
             Error::Bus("consumer has no group metadata (not in a consumer group yet)".into())
         })?;
         let producer = self.producer.clone();
-        let begun = blocking(move || {
+        let begun = watched(TXN_WATCHDOG, "beginning transaction", move || {
             producer.begin_transaction()?;
             producer.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
         })
-        .await
-        .map_err(|e| Error::kafka("beginning transaction", e));
+        .await;
         if let Err(e) = begun {
             abort(&self.producer).await;
             return Err(e);
@@ -317,9 +323,10 @@ impl KafkaBatchConsumer {
             let mut result = send_in_transaction(&producer, outputs).await;
             if result.is_ok() {
                 let p = producer.clone();
-                result = blocking(move || p.commit_transaction(TXN_TIMEOUT))
-                    .await
-                    .map_err(|e| Error::kafka("committing transaction", e));
+                result = watched(TXN_WATCHDOG, "committing transaction", move || {
+                    p.commit_transaction(TXN_TIMEOUT)
+                })
+                .await;
             }
             if result.is_err() {
                 abort(&producer).await;
@@ -337,7 +344,10 @@ impl KafkaBatchConsumer {
 /// that led here is the one to return).
 async fn abort(producer: &FutureProducer) {
     let producer = producer.clone();
-    if let Err(abort) = blocking(move || producer.abort_transaction(TXN_TIMEOUT)).await {
+    let aborted = watched(TXN_WATCHDOG, "aborting the failed transaction", move || {
+        producer.abort_transaction(TXN_TIMEOUT)
+    });
+    if let Err(abort) = aborted.await {
         tracing::error!(error = %abort, "aborting the failed transaction also failed");
     }
 }
@@ -431,6 +441,30 @@ async fn connect(
             )
         })?;
     Ok((consumer, producer))
+}
+
+/// Runs a blocking transactional call on tokio's blocking pool and gives up waiting after
+/// `limit`: a (retryable) error then, the call's thread left behind. The caller's recovery
+/// rejoins with a new producer, whose `init_transactions` fences the stuck one and aborts
+/// its transaction.
+async fn watched<T: Send + 'static>(
+    limit: Duration,
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T> {
+    match tokio::time::timeout(limit, blocking(f)).await {
+        Ok(result) => result.map_err(|e| Error::kafka(what, e)),
+        Err(_) => {
+            tracing::error!(
+                what,
+                after = ?limit,
+                "librdkafka did not return from a transactional call; giving it up"
+            );
+            Err(Error::Bus(format!(
+                "{what}: librdkafka did not return within {limit:?}"
+            )))
+        }
+    }
 }
 
 /// Runs a blocking librdkafka call on tokio's blocking pool.
@@ -734,4 +768,34 @@ pub async fn create_topics(
             Err((name, code)) => Err(Error::Bus(format!("creating topic {name}: {code}"))),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_transactional_call_that_never_returns_fails_the_batch_in_time() {
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let started = std::time::Instant::now();
+        let r = watched(Duration::from_millis(200), "sending offsets", move || {
+            // Stands for librdkafka waiting on a condition variable with no deadline.
+            let _ = stuck.recv();
+            Ok(())
+        })
+        .await;
+        let e = r.unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        assert!(e.to_string().contains("sending offsets"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(release);
+
+        let ok = watched(Duration::from_secs(5), "committing", || Ok(7)).await;
+        assert_eq!(ok.unwrap(), 7);
+        let failed = watched(Duration::from_secs(5), "committing", || {
+            Err::<(), _>(KafkaError::Canceled)
+        })
+        .await;
+        assert!(failed.unwrap_err().to_string().contains("committing"));
+    }
 }

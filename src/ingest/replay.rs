@@ -51,7 +51,9 @@ pub struct ReplaySource {
     start: Option<(Instant, i64)>,
     /// Time of the last line read (for a line without a readable time of its own).
     last: i64,
+    /// Lines read (rows of a Parquet file), blank ones left out.
     pub lines: u64,
+    /// Recorded responses that did not parse.
     pub unreadable: u64,
 }
 
@@ -193,12 +195,16 @@ impl ReplaySource {
             };
             if !more {
                 self.reader = None;
-                tracing::info!(
-                    file = %self.path.display(),
-                    lines = self.lines,
-                    unreadable = self.unreadable,
-                    "replay: end of file"
-                );
+                if self.lines == 0 {
+                    tracing::warn!(file = %self.path.display(), "replay: the file holds no records");
+                } else {
+                    tracing::info!(
+                        file = %self.path.display(),
+                        lines = self.lines,
+                        unreadable = self.unreadable,
+                        "replay: end of file"
+                    );
+                }
             }
         }
         Ok(())
@@ -252,6 +258,7 @@ impl ReplaySource {
                 ))
             })?;
         let rows = crate::pipeline::encode::to_json_rows(&batch)?;
+        self.lines += rows.len() as u64;
         for (i, row) in rows.iter().enumerate() {
             self.push(ts.value(i), row.to_vec());
         }
@@ -394,6 +401,16 @@ mod tests {
         }
         // Seconds 0, 1, 2 (with the unreadable line after record 7), 3.
         assert_eq!(sizes, vec![3, 3, 4, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_ends_at_once() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), "\n  \n").unwrap();
+        let mut source = ReplaySource::open(f.path(), Speed::Max).unwrap();
+        assert!(source.next_chunk().await.unwrap().is_none());
+        assert!(source.reader.is_none());
+        assert_eq!(source.lines, 0);
     }
 
     #[test]

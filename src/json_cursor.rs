@@ -24,6 +24,35 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// A whole payload that is one JSON object: `field` is called with each key (without
+    /// escapes), the cursor at its value, and must consume the value. `None` when the
+    /// text is not such an object or `field` gives up.
+    pub(crate) fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        if !self.eat(b'{') {
+            return None;
+        }
+        if !self.eat(b'}') {
+            loop {
+                let key = self.string()?;
+                if !self.eat(b':') {
+                    return None;
+                }
+                field(self, key)?;
+                if self.eat(b',') {
+                    continue;
+                }
+                if self.eat(b'}') {
+                    break;
+                }
+                return None;
+            }
+        }
+        self.at_end().then_some(())
+    }
+
     /// Nothing but whitespace is left.
     pub(crate) fn at_end(&mut self) -> bool {
         self.ws();

@@ -80,31 +80,16 @@ enum Line {
 fn classify_fast(line: &[u8]) -> Option<Line> {
     let mut c = Cursor::new(std::str::from_utf8(line).ok()?);
     let mut timestamp = None;
-    if !c.eat(b'{') {
-        return None;
-    }
-    if !c.eat(b'}') {
-        loop {
-            let key = c.string()?;
-            if !c.eat(b':') {
-                return None;
-            }
-            match key {
-                // The last one wins, as in serde_json's maps.
-                "timestamp" => timestamp = c.nullable(Cursor::string)?,
-                "response" => return None,
-                _ => c.skip_value(32)?,
-            }
-            if c.eat(b',') {
-                continue;
-            }
-            if c.eat(b'}') {
-                break;
-            }
-            return None;
+    c.object(|c, key| match key {
+        // The last one wins, as in serde_json's maps.
+        "timestamp" => {
+            timestamp = c.nullable(Cursor::string)?;
+            Some(())
         }
-    }
-    c.at_end().then(|| Line::Flat {
+        "response" => None,
+        _ => c.skip_value(32),
+    })?;
+    Some(Line::Flat {
         at: timestamp.and_then(micros_of),
     })
 }

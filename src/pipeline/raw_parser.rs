@@ -191,51 +191,36 @@ impl RawBuilder {
 fn parse<'a>(payload: &'a [u8], sensors: &mut Vec<Option<i32>>) -> Option<Row<'a>> {
     let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
     let mut row = Row::default();
-    if !c.eat(b'{') {
-        return None;
-    }
-    if !c.eat(b'}') {
-        loop {
-            let key = c.string()?;
-            if !c.eat(b':') {
-                return None;
-            }
-            let field = field_index(key)?;
-            if row.seen & (1 << field) != 0 {
-                return None;
-            }
-            row.seen |= 1 << field;
-            match field {
-                0 => row.timestamp = c.timestamp()?,
-                1 => row.icao24 = c.string()?,
-                2 => row.callsign = c.nullable(Cursor::string)?,
-                3 => row.origin_country = c.string()?,
-                4 => row.latitude = c.f64()?,
-                5 => row.longitude = c.f64()?,
-                6 => row.velocity = c.nullable(Cursor::f64)?,
-                7 => row.baro_altitude = c.nullable(Cursor::f64)?,
-                8 => row.geo_altitude = c.nullable(Cursor::f64)?,
-                9 => row.vertical_rate = c.nullable(Cursor::f64)?,
-                10 => row.heading = c.nullable(Cursor::f64)?,
-                11 => row.on_ground = c.bool()?,
-                12 => row.squawk = c.nullable(Cursor::string)?,
-                13 => row.spi = c.bool()?,
-                14 => row.position_source = c.i32()?,
-                15 => row.category = c.nullable(Cursor::i32)?,
-                16 => row.sensors = c.sensors(sensors)?,
-                17 => row.last_contact = c.i64()?,
-                _ => row.ingest_timestamp = c.timestamp()?,
-            }
-            if c.eat(b',') {
-                continue;
-            }
-            if c.eat(b'}') {
-                break;
-            }
+    c.object(|c, key| {
+        let field = field_index(key)?;
+        if row.seen & (1 << field) != 0 {
             return None;
         }
-    }
-    (c.at_end() && row.seen & REQUIRED == REQUIRED).then_some(row)
+        row.seen |= 1 << field;
+        match field {
+            0 => row.timestamp = c.timestamp()?,
+            1 => row.icao24 = c.string()?,
+            2 => row.callsign = c.nullable(Cursor::string)?,
+            3 => row.origin_country = c.string()?,
+            4 => row.latitude = c.f64()?,
+            5 => row.longitude = c.f64()?,
+            6 => row.velocity = c.nullable(Cursor::f64)?,
+            7 => row.baro_altitude = c.nullable(Cursor::f64)?,
+            8 => row.geo_altitude = c.nullable(Cursor::f64)?,
+            9 => row.vertical_rate = c.nullable(Cursor::f64)?,
+            10 => row.heading = c.nullable(Cursor::f64)?,
+            11 => row.on_ground = c.bool()?,
+            12 => row.squawk = c.nullable(Cursor::string)?,
+            13 => row.spi = c.bool()?,
+            14 => row.position_source = c.i32()?,
+            15 => row.category = c.nullable(Cursor::i32)?,
+            16 => row.sensors = c.sensors(sensors)?,
+            17 => row.last_contact = c.i64()?,
+            _ => row.ingest_timestamp = c.timestamp()?,
+        }
+        Some(())
+    })?;
+    (row.seen & REQUIRED == REQUIRED).then_some(row)
 }
 
 /// A raw field's position in [`RAW_SCHEMA`].

@@ -229,56 +229,39 @@ pub fn parse_state_fast(payload: &[u8]) -> Option<(i64, State)> {
     let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
     let mut s = State::default();
     let (mut micros, mut seen) = (0, 0u32);
-    if !c.eat(b'{') {
-        return None;
-    }
-    if !c.eat(b'}') {
-        loop {
-            let key = c.string()?;
-            if !c.eat(b':') {
-                return None;
-            }
-            match state_field(key) {
-                None => c.skip_value(SKIP_DEPTH)?,
-                Some(field) => {
-                    if seen & (1 << field) != 0 {
-                        return None;
-                    }
-                    seen |= 1 << field;
-                    let num = Cursor::f64;
-                    match field {
-                        0 => micros = c.timestamp()?,
-                        1 => s.icao24 = c.string()?.to_owned(),
-                        2 => s.callsign = c.nullable(Cursor::string)?.map(|v| v.trim().to_owned()),
-                        3 => s.origin_country = c.string()?.to_owned(),
-                        4 => s.latitude = c.nullable(num)?,
-                        5 => s.longitude = c.nullable(num)?,
-                        6 => s.velocity_knots = c.nullable(num)?,
-                        7 => s.altitude_ft = c.nullable(num)?,
-                        8 => s.vertical_rate_fpm = c.nullable(num)?,
-                        9 => s.heading = c.nullable(num)?,
-                        10 => s.on_ground = c.bool()?,
-                        11 => s.squawk = c.nullable(Cursor::string)?.map(str::to_owned),
-                        12 => s.flight_phase = c.string()?.to_owned(),
-                        13 => s.anomaly_score = c.nullable(num)?,
-                        14 => s.is_anomaly = c.nullable(Cursor::bool)?.unwrap_or(false),
-                        15 => s.speed_mismatch_knots = c.nullable(num)?,
-                        16 => s.climb_mismatch_fpm = c.nullable(num)?,
-                        17 => s.position_jump_km = c.nullable(num)?,
-                        _ => s.seconds_since_previous = c.nullable(num)?,
-                    }
-                }
-            }
-            if c.eat(b',') {
-                continue;
-            }
-            if c.eat(b'}') {
-                break;
-            }
+    c.object(|c, key| {
+        let Some(field) = state_field(key) else {
+            return c.skip_value(SKIP_DEPTH);
+        };
+        if seen & (1 << field) != 0 {
             return None;
         }
-    }
-    if !c.at_end() || seen & STATE_REQUIRED != STATE_REQUIRED {
+        seen |= 1 << field;
+        let num = Cursor::f64;
+        match field {
+            0 => micros = c.timestamp()?,
+            1 => s.icao24 = c.string()?.to_owned(),
+            2 => s.callsign = c.nullable(Cursor::string)?.map(|v| v.trim().to_owned()),
+            3 => s.origin_country = c.string()?.to_owned(),
+            4 => s.latitude = c.nullable(num)?,
+            5 => s.longitude = c.nullable(num)?,
+            6 => s.velocity_knots = c.nullable(num)?,
+            7 => s.altitude_ft = c.nullable(num)?,
+            8 => s.vertical_rate_fpm = c.nullable(num)?,
+            9 => s.heading = c.nullable(num)?,
+            10 => s.on_ground = c.bool()?,
+            11 => s.squawk = c.nullable(Cursor::string)?.map(str::to_owned),
+            12 => s.flight_phase = c.string()?.to_owned(),
+            13 => s.anomaly_score = c.nullable(num)?,
+            14 => s.is_anomaly = c.nullable(Cursor::bool)?.unwrap_or(false),
+            15 => s.speed_mismatch_knots = c.nullable(num)?,
+            16 => s.climb_mismatch_fpm = c.nullable(num)?,
+            17 => s.position_jump_km = c.nullable(num)?,
+            _ => s.seconds_since_previous = c.nullable(num)?,
+        }
+        Some(())
+    })?;
+    if seen & STATE_REQUIRED != STATE_REQUIRED {
         return None;
     }
     s.timestamp = Some(timestamp(micros));

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use contrail::bus::kafka::{KafkaBatchConsumer, KafkaConsumerConfig};
-use contrail::bus::{BatchConsumer, OutRecord};
+use contrail::bus::{BatchConsumer, BatchLimits, OutRecord};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut copied, mut first) = (0u64, None);
     while copied < n {
         let Some(batch) = consumer
-            .next_batch(20_000, Duration::from_millis(500))
+            .next_batch(BatchLimits::new(20_000, Duration::from_millis(500)))
             .await?
         else {
             break;

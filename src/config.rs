@@ -342,11 +342,19 @@ pub struct PipelineArgs {
     /// Longest wait for a micro-batch to fill, in milliseconds.
     #[arg(long, env = "CONTRAIL_BATCH_MAX_WAIT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub batch_max_wait_ms: u64,
+    /// A micro-batch also closes once the input has paused this long (milliseconds) after
+    /// its first record: a burst is processed as it ends. 0: as soon as nothing is queued.
+    #[arg(long, env = "CONTRAIL_BATCH_IDLE_MS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub batch_idle_ms: u64,
 }
 
 impl PipelineArgs {
-    pub fn batch_max_wait(&self) -> Duration {
-        Duration::from_millis(self.batch_max_wait_ms)
+    pub fn batch_limits(&self) -> crate::bus::BatchLimits {
+        crate::bus::BatchLimits::new(
+            self.batch_max_records as usize,
+            Duration::from_millis(self.batch_max_wait_ms),
+        )
+        .with_idle(Duration::from_millis(self.batch_idle_ms))
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{bootstrap, committed, read_all};
 use contrail::bus::kafka::{KafkaBatchConsumer, KafkaConsumerConfig};
-use contrail::bus::{BatchConsumer, OutRecord};
+use contrail::bus::{BatchConsumer, BatchLimits, OutRecord};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -103,7 +103,7 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
     };
     let expected = vec!["raw 0", "raw 1", "raw 2"];
     let batch = consumer
-        .next_batch(3, Duration::from_secs(30))
+        .next_batch(BatchLimits::new(3, Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(read(batch), expected);
@@ -125,7 +125,7 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
     // The batch comes back, and commits once its outputs fit.
     consumer.recover().await.unwrap();
     let batch = consumer
-        .next_batch(3, Duration::from_secs(30))
+        .next_batch(BatchLimits::new(3, Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(read(batch), expected);

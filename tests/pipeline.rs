@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::DateTime;
-use contrail::bus::{Message, OutRecord};
+use contrail::bus::{BatchLimits, Message, OutRecord};
 use contrail::clock::ManualClock;
 use contrail::config::topic;
 use contrail::dead_letter::DeadLetter;
@@ -81,8 +81,7 @@ async fn processor_with_sql(
     config.topics.processed = PROCESSED.into();
     config.topics.dead_letter = DLQ.into();
     config.archive_dir = archive;
-    config.batch_max_records = 1000;
-    config.batch_max_wait = std::time::Duration::from_millis(10);
+    config.batch = BatchLimits::new(1000, std::time::Duration::from_millis(10));
     config.model_path =
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/flight_anomaly_detector.json"));
     let stats = Arc::new(ProcessStats::default());
@@ -720,13 +719,12 @@ struct BackgroundCommits {
 impl contrail::bus::BatchConsumer for BackgroundCommits {
     async fn next_batch(
         &mut self,
-        max_records: usize,
-        _: std::time::Duration,
+        limits: BatchLimits,
     ) -> contrail::error::Result<Option<Vec<Message>>> {
         if self.read == self.log.len() {
             return Ok(None);
         }
-        let end = (self.read + max_records).min(self.log.len());
+        let end = (self.read + limits.max_records).min(self.log.len());
         let batch = self.log[self.read..end].to_vec();
         self.read = end;
         Ok(Some(batch))

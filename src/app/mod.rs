@@ -18,7 +18,7 @@ use crate::bus::kafka::{
     create_topics, partition_count,
 };
 use crate::bus::memory::MemoryBus;
-use crate::bus::{BatchConsumer, Publisher};
+use crate::bus::{BatchConsumer, BatchLimits, Publisher};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{
     Cli, Command, DashboardArgs, DemoArgs, GrpcArgs, IngestArgs, PipelineArgs, ProcessArgs,
@@ -180,8 +180,7 @@ fn process_config(p: &PipelineArgs, topics: &TopicArgs, partials: bool) -> Proce
         },
         archive_dir: (!p.no_archive).then(|| p.data_dir.clone()),
         archive_compression: p.archive_compression,
-        batch_max_records: p.batch_max_records as usize,
-        batch_max_wait: p.batch_max_wait(),
+        batch: p.batch_limits(),
         model_path: Some(p.model.clone()),
         window: p.window.spec(),
         source_partitions: 1,
@@ -522,7 +521,7 @@ async fn dead_letter_sink(
         .await
         .map_err(|e| crate::error::Error::io("opening dead-letter file", &path, e))?;
     while let Some(batch) = consumer
-        .next_batch(10_000, Duration::from_millis(500))
+        .next_batch(BatchLimits::new(10_000, Duration::from_millis(500)))
         .await?
     {
         for m in &batch {

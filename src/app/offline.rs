@@ -19,8 +19,8 @@ use parquet::file::properties::WriterProperties;
 use tokio_util::sync::CancellationToken;
 
 use super::simulator_source;
-use crate::bus::BatchConsumer;
 use crate::bus::file::{JsonlConsumer, JsonlPublisher};
+use crate::bus::{BatchConsumer, BatchLimits};
 use crate::clock::SystemClock;
 use crate::config::{FeaturesArgs, SimulateArgs, SqlArgs, TrainArgs};
 use crate::ingest::{IngestStats, IngestTopics, Speed, run_ingest};
@@ -90,8 +90,7 @@ pub(super) async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
 fn processor_config(sql: &SqlArgs, model: Option<PathBuf>) -> ProcessConfig {
     ProcessConfig {
         grid_cell_deg: sql.grid_cell_deg,
-        batch_max_records: BATCH,
-        batch_max_wait: Duration::ZERO,
+        batch: BatchLimits::new(BATCH, Duration::ZERO),
         model_path: model,
         ..ProcessConfig::new(sql.sql_dir.clone())
     }
@@ -109,7 +108,10 @@ async fn run_file(
     let mut consumer = JsonlConsumer::open(input, RAW, &sink)?;
     processor.keep_processed();
     let bar = progress("processing");
-    while let Some(batch) = consumer.next_batch(BATCH, Duration::ZERO).await? {
+    while let Some(batch) = consumer
+        .next_batch(BatchLimits::new(BATCH, Duration::ZERO))
+        .await?
+    {
         let out = processor.process(&batch).await?;
         consumer.commit(out).await?;
         for b in processor.take_processed() {

@@ -7,11 +7,10 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{BatchConsumer, Message, OutRecord, Publisher};
+use super::{BatchConsumer, BatchLimits, Message, OutRecord, Publisher};
 use crate::error::{Error, Result};
 
 /// Appends each topic's records to its file; topics without a file are counted only.
@@ -103,13 +102,9 @@ impl<'a> JsonlConsumer<'a> {
 
 #[async_trait]
 impl BatchConsumer for JsonlConsumer<'_> {
-    async fn next_batch(
-        &mut self,
-        max_records: usize,
-        _max_wait: Duration,
-    ) -> Result<Option<Vec<Message>>> {
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Option<Vec<Message>>> {
         let mut batch = Vec::new();
-        while batch.len() < max_records {
+        while batch.len() < limits.max_records {
             let Some(line) = self.lines.next() else { break };
             let line = line.map_err(|e| Error::io("reading input file", self.path.clone(), e))?;
             batch.push(Message {
@@ -132,6 +127,8 @@ impl BatchConsumer for JsonlConsumer<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -142,7 +139,11 @@ mod tests {
         let out = dir.path().join("out.jsonl");
         let sink = JsonlPublisher::create(&[("out", &out)]).unwrap();
         let mut c = JsonlConsumer::open(&input, "in", &sink).unwrap();
-        let b = c.next_batch(2, Duration::ZERO).await.unwrap().unwrap();
+        let b = c
+            .next_batch(BatchLimits::new(2, Duration::ZERO))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(b.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![0, 1]);
         c.commit(vec![
             OutRecord::new("out", None, b"x".to_vec()),
@@ -151,14 +152,19 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            c.next_batch(2, Duration::ZERO)
+            c.next_batch(BatchLimits::new(2, Duration::ZERO))
                 .await
                 .unwrap()
                 .unwrap()
                 .len(),
             1
         );
-        assert!(c.next_batch(2, Duration::ZERO).await.unwrap().is_none());
+        assert!(
+            c.next_batch(BatchLimits::new(2, Duration::ZERO))
+                .await
+                .unwrap()
+                .is_none()
+        );
         sink.flush().unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "x\n");
         assert_eq!(sink.count("other"), 1);

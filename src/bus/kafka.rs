@@ -26,8 +26,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
-    BatchConsumer, ChangelogReader, ChangelogRecord, Message, OutRecord, PendingCommit, Publisher,
-    completed,
+    BatchConsumer, BatchLimits, ChangelogReader, ChangelogRecord, Message, OutRecord,
+    PendingCommit, Publisher, completed,
 };
 use crate::error::{Error, Result};
 
@@ -48,7 +48,12 @@ fn producer_config(bootstrap: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        // Both producers enqueue a whole batch and then wait for its delivery (a
+        // transaction before it commits), so lingering only delays the send. 0 against
+        // 5 ms at 20,000 records/s (A/B, three runs each): a transaction's commit 14.0-18.7
+        // against 20.6-25.4 ms on average, p99 latency 162-239 against 195-305 ms; at full
+        // speed ingest 1M in 9.4-10.2 s against 11.0-11.2, the processor within the noise.
+        .set("linger.ms", "0")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
@@ -482,12 +487,8 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl BatchConsumer for KafkaBatchConsumer {
-    async fn next_batch(
-        &mut self,
-        max_records: usize,
-        max_wait: Duration,
-    ) -> Result<Option<Vec<Message>>> {
-        let deadline = tokio::time::Instant::now() + max_wait;
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Option<Vec<Message>>> {
+        let deadline = tokio::time::Instant::now() + limits.max_wait;
         let mut batch = Vec::new();
         apply_revocations(
             &self.revoked,
@@ -495,8 +496,9 @@ impl BatchConsumer for KafkaBatchConsumer {
             &mut self.unreported,
             &mut batch,
         );
-        while batch.len() < max_records {
-            let m = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+        while batch.len() < limits.max_records {
+            let until = limits.wait_until(deadline, batch.len());
+            let m = match tokio::time::timeout_at(until, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => {
                     // librdkafka reconnects and refetches by itself; a consumer error (a

@@ -9,12 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{BatchConsumer, Message, OutRecord, Publisher};
+use super::{BatchConsumer, BatchLimits, Message, OutRecord, Publisher};
 use crate::error::{Error, Result};
 
 #[derive(Debug)]
@@ -121,24 +120,21 @@ pub struct MemoryConsumer {
 
 #[async_trait]
 impl BatchConsumer for MemoryConsumer {
-    async fn next_batch(
-        &mut self,
-        max_records: usize,
-        max_wait: Duration,
-    ) -> Result<Option<Vec<Message>>> {
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Option<Vec<Message>>> {
         if self.pending.is_some() {
             return Err(Error::Internal("next_batch called before commit".into()));
         }
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let deadline = tokio::time::Instant::now() + limits.max_wait;
         let mut batch = Vec::new();
-        while batch.len() < max_records {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+        while batch.len() < limits.max_records {
+            let until = limits.wait_until(deadline, batch.len());
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
                 Ok(Some(m)) => batch.push(m),
                 Ok(None) if batch.is_empty() => return Ok(None),
                 Ok(None) | Err(_) => break,
             }
             // Take whatever is already queued without waiting.
-            while batch.len() < max_records {
+            while batch.len() < limits.max_records {
                 match self.rx.try_recv() {
                     Ok(m) => batch.push(m),
                     Err(_) => break,
@@ -158,6 +154,8 @@ impl BatchConsumer for MemoryConsumer {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
@@ -172,7 +170,7 @@ mod tests {
         assert_eq!(bus.published("in"), 5);
 
         let b = consumer
-            .next_batch(3, Duration::from_millis(50))
+            .next_batch(BatchLimits::new(3, Duration::from_millis(50)))
             .await
             .unwrap()
             .unwrap();
@@ -182,7 +180,7 @@ mod tests {
         );
         assert!(
             consumer
-                .next_batch(3, Duration::from_millis(10))
+                .next_batch(BatchLimits::new(3, Duration::from_millis(10)))
                 .await
                 .is_err()
         );
@@ -191,7 +189,7 @@ mod tests {
             .await
             .unwrap();
         let b = consumer
-            .next_batch(3, Duration::from_millis(50))
+            .next_batch(BatchLimits::new(3, Duration::from_millis(50)))
             .await
             .unwrap()
             .unwrap();
@@ -199,7 +197,7 @@ mod tests {
         consumer.commit(vec![]).await.unwrap();
 
         let o = out
-            .next_batch(10, Duration::from_millis(50))
+            .next_batch(BatchLimits::new(10, Duration::from_millis(50)))
             .await
             .unwrap()
             .unwrap();
@@ -209,7 +207,7 @@ mod tests {
         bus.close("in");
         assert!(
             consumer
-                .next_batch(3, Duration::from_millis(50))
+                .next_batch(BatchLimits::new(3, Duration::from_millis(50)))
                 .await
                 .unwrap()
                 .is_none()
@@ -221,7 +219,7 @@ mod tests {
         let bus = MemoryBus::new(10);
         let mut c = bus.subscribe("t");
         let b = c
-            .next_batch(10, Duration::from_millis(5))
+            .next_batch(BatchLimits::new(10, Duration::from_millis(5)))
             .await
             .unwrap()
             .unwrap();
@@ -230,11 +228,54 @@ mod tests {
             .await
             .unwrap();
         let b = c
-            .next_batch(10, Duration::from_millis(5))
+            .next_batch(BatchLimits::new(10, Duration::from_millis(5)))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(b.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_closes_when_its_input_pauses() {
+        let bus = MemoryBus::new(1_000);
+        let mut c = bus.subscribe("t");
+        // A burst of 50 records, 1 ms apart, then nothing: the gaps are far shorter than
+        // `idle`, so all 50 are in the batch, which closes after the pause, long before
+        // `max_wait`.
+        let publisher = bus.clone();
+        let burst = tokio::spawn(async move {
+            for i in 0..50u8 {
+                publisher
+                    .publish(vec![OutRecord::new("t", None, vec![i])])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let began = std::time::Instant::now();
+        let limits =
+            BatchLimits::new(1_000, Duration::from_secs(60)).with_idle(Duration::from_secs(1));
+        let b = c.next_batch(limits).await.unwrap().unwrap();
+        burst.await.unwrap();
+        assert_eq!(b.len(), 50);
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "waited {:?}: the batch did not close on the pause",
+            began.elapsed()
+        );
+        // Without `idle`, a batch waits out `max_wait`.
+        bus.publish(vec![OutRecord::new("t", None, vec![1])])
+            .await
+            .unwrap();
+        c.commit(vec![]).await.unwrap();
+        let began = std::time::Instant::now();
+        let b = c
+            .next_batch(BatchLimits::new(1_000, Duration::from_millis(300)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.len(), 1);
+        assert!(began.elapsed() >= Duration::from_millis(300));
     }
 
     #[tokio::test]
@@ -245,7 +286,7 @@ mod tests {
             .await
             .unwrap();
         let b = c
-            .next_batch(10, Duration::from_millis(10))
+            .next_batch(BatchLimits::new(10, Duration::from_millis(10)))
             .await
             .unwrap()
             .unwrap();

@@ -86,17 +86,53 @@ pub fn completed() -> PendingCommit {
     Box::pin(std::future::ready(Ok(())))
 }
 
+/// When a micro-batch closes: with `max_records` records, once `max_wait` has passed since
+/// the read began, or once the input has paused for `idle` after its first record (a burst
+/// of records, such as one OpenSky poll, is processed as it ends, not `max_wait` later;
+/// a steady stream keeps filling the batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_records: usize,
+    pub max_wait: Duration,
+    pub idle: Duration,
+}
+
+impl BatchLimits {
+    /// Closes on `max_records` or `max_wait` only (`idle` = `max_wait`).
+    pub fn new(max_records: usize, max_wait: Duration) -> Self {
+        Self {
+            max_records,
+            max_wait,
+            idle: max_wait,
+        }
+    }
+
+    pub fn with_idle(self, idle: Duration) -> Self {
+        Self { idle, ..self }
+    }
+
+    /// How long to wait for the next record: until `deadline` (the read's start +
+    /// `max_wait`) for the first, and at most `idle` from now after it.
+    pub fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        collected: usize,
+    ) -> tokio::time::Instant {
+        if collected == 0 {
+            deadline
+        } else {
+            deadline.min(tokio::time::Instant::now() + self.idle)
+        }
+    }
+}
+
 /// Reads micro-batches and commits them with their outputs.
 #[async_trait]
 pub trait BatchConsumer: Send {
-    /// Waits for the first record (up to `max_wait`), then collects up to `max_records`
-    /// until `max_wait` has passed since the call began. `Ok(None)` means the stream has
-    /// ended (the in-process bus after its producers are gone); Kafka never ends.
-    async fn next_batch(
-        &mut self,
-        max_records: usize,
-        max_wait: Duration,
-    ) -> Result<Option<Vec<Message>>>;
+    /// Waits for the first record (up to `limits.max_wait`), then collects records until
+    /// the batch closes by `limits`. `Ok(None)` means the stream has ended (the in-process
+    /// bus after its producers are gone); Kafka never ends.
+    async fn next_batch(&mut self, limits: BatchLimits) -> Result<Option<Vec<Message>>>;
 
     /// Publishes `outputs` and marks every record returned by `next_batch` since the last
     /// commit as consumed, atomically where the bus supports it.

@@ -295,18 +295,18 @@ mod tests {
             CancellationToken::new(),
         );
         let drain = async {
-            use crate::bus::BatchConsumer;
+            use crate::bus::{BatchConsumer, BatchLimits};
             let (mut r, mut d) = (Vec::new(), Vec::new());
             while r.len() + d.len() < 30_000 - 10 {
                 let b = raw
-                    .next_batch(100_000, Duration::from_millis(20))
+                    .next_batch(BatchLimits::new(100_000, Duration::from_millis(20)))
                     .await
                     .unwrap()
                     .unwrap();
                 raw.commit(vec![]).await.unwrap();
                 r.extend(b);
                 let b = dlq
-                    .next_batch(100_000, Duration::from_millis(1))
+                    .next_batch(BatchLimits::new(100_000, Duration::from_millis(1)))
                     .await
                     .unwrap()
                     .unwrap();

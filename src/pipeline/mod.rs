@@ -33,7 +33,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{ArchiveCompression, ArchiveWriter};
-use crate::bus::{BatchConsumer, ChangelogReader, Message, OutRecord};
+use crate::bus::{BatchConsumer, BatchLimits, ChangelogReader, Message, OutRecord};
 use crate::clock::SharedClock;
 use crate::config::topic;
 use crate::dead_letter::DeadLetter;
@@ -82,8 +82,8 @@ pub struct ProcessConfig {
     /// Root of the Parquet archive; `None` archives nothing.
     pub archive_dir: Option<PathBuf>,
     pub archive_compression: ArchiveCompression,
-    pub batch_max_records: usize,
-    pub batch_max_wait: Duration,
+    /// When a micro-batch closes.
+    pub batch: BatchLimits,
     /// The anomaly model file; `None` plans the SQL with an unfitted scorer (null scores),
     /// which is how `contrail train` computes features before a model exists.
     pub model_path: Option<PathBuf>,
@@ -101,8 +101,8 @@ impl ProcessConfig {
             topics: OutputTopics::default(),
             archive_dir: None,
             archive_compression: ArchiveCompression::default(),
-            batch_max_records: 20_000,
-            batch_max_wait: Duration::from_millis(500),
+            batch: BatchLimits::new(20_000, Duration::from_millis(500))
+                .with_idle(Duration::from_millis(3)),
             model_path: None,
             window: WindowSpec::default(),
             source_partitions: 1,
@@ -1120,10 +1120,7 @@ pub async fn run_process(
     consumer: &mut dyn BatchConsumer,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let (max_records, max_wait) = (
-        processor.config.batch_max_records,
-        processor.config.batch_max_wait,
-    );
+    let limits = processor.config.batch;
     let partials = processor.config.topics.partials.clone();
     let mut in_flight: Option<InFlight> = None;
     loop {
@@ -1131,7 +1128,7 @@ pub async fn run_process(
         let batch = tokio::select! {
             biased;
             () = shutdown.cancelled() => return settle(processor, in_flight.take()).await,
-            batch = consumer.next_batch(max_records, max_wait) => batch,
+            batch = consumer.next_batch(limits) => batch,
         };
         processor
             .stats

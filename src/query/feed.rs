@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Feed, LiveStore};
-use crate::bus::BatchConsumer;
+use crate::bus::{BatchConsumer, BatchLimits};
 
 /// One topic the store reads, and from how far back (by record time).
 #[derive(Debug, Clone)]
@@ -167,7 +167,7 @@ pub async fn feed_from_bus(
     mut consumer: crate::bus::memory::MemoryConsumer,
 ) -> crate::error::Result<()> {
     while let Some(batch) = consumer
-        .next_batch(10_000, Duration::from_millis(200))
+        .next_batch(BatchLimits::new(10_000, Duration::from_millis(200)))
         .await?
     {
         for m in &batch {

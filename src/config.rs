@@ -83,6 +83,8 @@ pub enum Command {
 pub enum TopicsCommand {
     /// Create every topic Contrail uses; topics that exist are left as they are.
     Create(TopicsCreateArgs),
+    /// Delete every topic Contrail uses, with all their records (asks for --yes).
+    Delete(TopicsDeleteArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -585,6 +587,33 @@ pub struct TopicsCreateArgs {
     /// Replication factor of every topic.
     #[arg(long, env = "CONTRAIL_REPLICATION_FACTOR", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100))]
     pub replication_factor: i32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopicsDeleteArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    /// Confirms the deletion: the topics and every record in them are gone for good.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+impl TopicArgs {
+    /// Every topic name, in `topics create`'s order.
+    pub fn all(&self) -> [&String; 8] {
+        [
+            &self.topic_raw,
+            &self.topic_processed,
+            &self.topic_dead_letter,
+            &self.topic_aggregated,
+            &self.topic_aircraft_aggregates,
+            &self.topic_late,
+            &self.topic_window_partials,
+            &self.topic_window_state,
+        ]
+    }
 }
 
 fn probability(s: &str) -> Result<f64, String> {

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::DateTime;
-use common::{bootstrap, contrail, read_all};
+use common::{bootstrap, contrail, partitions, read_all};
 use contrail::dead_letter::DeadLetter;
 use contrail::ingest::simulator::{Emitted, Simulator, SimulatorConfig};
 use contrail::ingest::validate::{Dedupe, validate};
@@ -287,4 +287,25 @@ fn simulator_through_kafka_exactly_once_with_archive() {
         .count();
     assert_eq!(closed, windows.len());
     common::terminate(&mut serve, Duration::from_secs(30));
+
+    // Topics: deleted only when confirmed, then gone (the broker says so the second time).
+    let refused = Command::new(env!("CARGO_BIN_EXE_contrail"))
+        .args(with(&["topics", "delete"], &[]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("--yes") && stderr.contains(&raw),
+        "{stderr}"
+    );
+    assert_eq!(
+        partitions(&raw),
+        3,
+        "a refused delete left the topics alone"
+    );
+    let deleted = run(with(&["topics", "delete"], &["--yes".into()]), 60);
+    assert_eq!(deleted.matches(": deleted").count(), 8, "{deleted}");
+    let again = run(with(&["topics", "delete"], &["--yes".into()]), 60);
+    assert_eq!(again.matches(": absent").count(), 8, "{again}");
 }

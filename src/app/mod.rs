@@ -14,8 +14,8 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::kafka::{
-    KafkaBatchConsumer, KafkaChangelogReader, KafkaConsumerConfig, KafkaPublisher, TopicSpec,
-    create_topics, partition_count,
+    Deletion, KafkaBatchConsumer, KafkaChangelogReader, KafkaConsumerConfig, KafkaPublisher,
+    TopicSpec, create_topics, delete_topics, partition_count,
 };
 use crate::bus::memory::MemoryBus;
 use crate::bus::{BatchConsumer, BatchLimits, Publisher};
@@ -23,6 +23,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{
     Cli, Command, DashboardArgs, DemoArgs, GrpcArgs, IngestArgs, PipelineArgs, ProcessArgs,
     ServeArgs, SourceArgs, SourceKind, TopicArgs, TopicsCommand, TopicsCreateArgs,
+    TopicsDeleteArgs,
 };
 use crate::config::{OpenSkyArgs, RecordArgs, SimulatorArgs};
 use crate::dashboard::snapshot::Settings;
@@ -50,6 +51,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topics {
             action: TopicsCommand::Create(args),
         } => topics_create(args).await,
+        Command::Topics {
+            action: TopicsCommand::Delete(args),
+        } => topics_delete(args).await,
     }
 }
 
@@ -757,6 +761,28 @@ fn log_process(stats: &ProcessStats, started: Option<&Instant>) {
         commit_wait_s = format!("{:.1}", stats.commit_wait_seconds.sum()),
         "process"
     );
+}
+
+/// `contrail topics delete`: refuses without `--yes`.
+async fn topics_delete(args: TopicsDeleteArgs) -> anyhow::Result<()> {
+    let names: Vec<&str> = args.topics.all().iter().map(|s| s.as_str()).collect();
+    if !args.yes {
+        anyhow::bail!(
+            "topics delete removes {} and every record in them; pass --yes to confirm",
+            names.join(", ")
+        );
+    }
+    let bootstrap = args.kafka.bootstrap();
+    for (name, outcome) in delete_topics(&bootstrap, &names).await? {
+        println!(
+            "{name}: {}",
+            match outcome {
+                Deletion::Deleted => "deleted",
+                Deletion::Absent => "absent",
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `contrail topics create`.

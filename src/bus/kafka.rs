@@ -772,6 +772,35 @@ pub async fn create_topics(
         .collect()
 }
 
+/// What [`delete_topics`] did with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    /// There was no such topic.
+    Absent,
+}
+
+/// Deletes the topics; one that does not exist is reported, not an error.
+pub async fn delete_topics(bootstrap: &str, names: &[&str]) -> Result<Vec<(String, Deletion)>> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| Error::kafka(format!("creating admin client for {bootstrap}"), e))?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .delete_topics(names, &options)
+        .await
+        .map_err(|e| Error::kafka("deleting topics", e))?;
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok(name) => Ok((name, Deletion::Deleted)),
+            Err((name, RDKafkaErrorCode::UnknownTopicOrPartition)) => Ok((name, Deletion::Absent)),
+            Err((name, code)) => Err(Error::Bus(format!("deleting topic {name}: {code}"))),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

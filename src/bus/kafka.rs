@@ -734,16 +734,25 @@ pub enum TopicOutcome {
     AlreadyExisted,
 }
 
+fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| Error::kafka(format!("creating admin client for {bootstrap}"), e))
+}
+
+/// How long the admin calls below wait for the broker.
+fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))
+}
+
 /// Creates the topics; one that exists already is left as it is.
 pub async fn create_topics(
     bootstrap: &str,
     specs: &[TopicSpec],
     replication: i32,
 ) -> Result<Vec<(String, TopicOutcome)>> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| Error::kafka(format!("creating admin client for {bootstrap}"), e))?;
+    let admin = admin(bootstrap)?;
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {
@@ -755,9 +764,8 @@ pub async fn create_topics(
             }
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
-        .create_topics(&new_topics, &options)
+        .create_topics(&new_topics, &admin_options())
         .await
         .map_err(|e| Error::kafka("creating topics", e))?;
     results
@@ -782,13 +790,9 @@ pub enum Deletion {
 
 /// Deletes the topics; one that does not exist is reported, not an error.
 pub async fn delete_topics(bootstrap: &str, names: &[&str]) -> Result<Vec<(String, Deletion)>> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| Error::kafka(format!("creating admin client for {bootstrap}"), e))?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let admin = admin(bootstrap)?;
     let results = admin
-        .delete_topics(names, &options)
+        .delete_topics(names, &admin_options())
         .await
         .map_err(|e| Error::kafka("deleting topics", e))?;
     results

@@ -601,7 +601,7 @@ pub struct TopicsDeleteArgs {
 }
 
 impl TopicArgs {
-    /// Every topic name, in `topics create`'s order.
+    /// Every topic name (what `topics create` creates and `topics delete` deletes).
     pub fn all(&self) -> [&String; 8] {
         [
             &self.topic_raw,

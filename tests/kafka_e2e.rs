@@ -110,6 +110,12 @@ fn simulator_through_kafka_exactly_once_with_archive() {
         60,
     );
     assert_eq!(second.matches(": exists").count(), 8, "{second}");
+    assert_eq!(partitions(&processed), 3);
+    assert_eq!(
+        partitions(&t("partials")),
+        1,
+        "one processor merges the global windows"
+    );
 
     let (valid, invalid) = expected();
     assert!(

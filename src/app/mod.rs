@@ -788,30 +788,20 @@ async fn topics_delete(args: TopicsDeleteArgs) -> anyhow::Result<()> {
 /// `contrail topics create`.
 async fn topics_create(args: TopicsCreateArgs) -> anyhow::Result<()> {
     let t = &args.topics;
-    let keyed = |name: &String| TopicSpec {
-        name: name.clone(),
-        partitions: args.partitions,
-        compacted: false,
-    };
-    let specs = vec![
-        keyed(&t.topic_raw),
-        keyed(&t.topic_processed),
-        keyed(&t.topic_dead_letter),
-        keyed(&t.topic_aggregated),
-        keyed(&t.topic_aircraft_aggregates),
-        keyed(&t.topic_late),
-        // One partition: one processor of the group merges the global windows.
-        TopicSpec {
-            name: t.topic_window_partials.clone(),
-            partitions: 1,
-            compacted: false,
-        },
-        TopicSpec {
-            name: t.topic_window_state.clone(),
-            partitions: args.partitions,
-            compacted: true,
-        },
-    ];
+    let specs: Vec<TopicSpec> = t
+        .all()
+        .into_iter()
+        .map(|name| TopicSpec {
+            name: name.clone(),
+            // One partition: one processor of the group merges the global windows.
+            partitions: if *name == t.topic_window_partials {
+                1
+            } else {
+                args.partitions
+            },
+            compacted: *name == t.topic_window_state,
+        })
+        .collect();
     let bootstrap = args.kafka.bootstrap();
     for (name, outcome) in create_topics(&bootstrap, &specs, args.replication_factor).await? {
         println!(

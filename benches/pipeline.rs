@@ -1,6 +1,10 @@
 //! Process-stage benchmarks, one core, on simulator records (2,000 aircraft, 1% invalid,
 //! 0.2% anomalies) in micro-batches of 20,000 (the default `--batch-max-records`):
 //!
+//! - `ingest`: what ingest does to each record before publishing it: the simulator's
+//!   payload validated (parsed, checked), stamped with its ingest time, and written again
+//!   as the `flight-raw-data` payload (records of a 1%-invalid stream: the invalid ones
+//!   rejected);
 //! - `decode`: raw JSON payloads -> one Arrow RecordBatch (the raw-schema parser; arrow-json
 //!   only for what it does not take: nothing, on these records);
 //! - `sql`: clean.sql + features.sql with the Isolation Forest UDF scoring every row
@@ -52,19 +56,34 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `BATCHES` consecutive micro-batches of `size` records of what ingest publishes (valid,
-/// stamped records).
-fn stream(size: usize) -> Vec<Vec<Message>> {
-    let mut sim = Simulator::new(SimulatorConfig {
+fn simulator(invalid_rate: f64) -> Simulator {
+    Simulator::new(SimulatorConfig {
         seed: 7,
         aircraft: 2_000,
         anomaly_rate: 0.002,
-        invalid_rate: 0.0,
+        invalid_rate,
         report_interval_s: 5.0,
         start: DateTime::parse_from_rfc3339("2026-11-25T08:00:00Z")
             .unwrap()
             .to_utc(),
-    });
+    })
+}
+
+/// `size` payloads as the simulator source hands them to ingest (1% invalid).
+fn simulator_payloads(size: usize) -> Vec<Vec<u8>> {
+    let mut sim = simulator(0.01);
+    let mut payloads = Vec::with_capacity(size);
+    while payloads.len() < size {
+        payloads.extend(sim.tick().iter().map(|e| e.to_bytes()));
+    }
+    payloads.truncate(size);
+    payloads
+}
+
+/// `BATCHES` consecutive micro-batches of `size` records of what ingest publishes (valid,
+/// stamped records).
+fn stream(size: usize) -> Vec<Vec<Message>> {
+    let mut sim = simulator(0.0);
     let now = chrono::Utc::now();
     let mut payloads = Vec::with_capacity(BATCH * BATCHES);
     while payloads.len() < size * BATCHES {
@@ -123,6 +142,21 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(10));
+
+    let sim_payloads = simulator_payloads(BATCH);
+    g.bench_function("ingest", |b| {
+        b.iter(|| {
+            let now = chrono::Utc::now();
+            let mut published = 0;
+            for payload in &sim_payloads {
+                if let Ok(mut r) = validate(payload) {
+                    r.ingest_timestamp = Some(now);
+                    published += r.to_json().len();
+                }
+            }
+            published
+        })
+    });
 
     g.bench_function("decode", |b| b.iter(|| decode(first).unwrap()));
 

@@ -294,6 +294,13 @@ impl<'a> Cursor<'a> {
 /// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]` then `Z` or `+00:00`, as microseconds (the fraction
 /// truncated to microseconds, as arrow-json does).
 pub(crate) fn timestamp_micros(s: &[u8]) -> Option<i64> {
+    let (secs, nanos) = timestamp_parts(s)?;
+    Some(secs * 1_000_000 + i64::from(nanos / 1_000))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,9}]` then `Z` or `+00:00`, as seconds since the epoch and
+/// nanoseconds. Not a leap second.
+pub(crate) fn timestamp_parts(s: &[u8]) -> Option<(i64, u32)> {
     let number = |from: usize, to: usize| -> Option<u32> {
         let digits = s.get(from..to)?;
         digits.iter().try_fold(0u32, |n, &d| {
@@ -323,7 +330,7 @@ pub(crate) fn timestamp_micros(s: &[u8]) -> Option<i64> {
     if !matches!(&s[i..], b"Z" | b"+00:00") {
         return None;
     }
-    Some(time.and_utc().timestamp() * 1_000_000 + i64::from(nanos / 1_000))
+    Some((time.and_utc().timestamp(), nanos))
 }
 
 #[cfg(test)]

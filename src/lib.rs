@@ -20,6 +20,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 mod json_cursor;
+mod json_write;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

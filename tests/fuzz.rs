@@ -1,4 +1,5 @@
-//! Property tests of everything that parses outside input: ingest's `validate`, the process
+//! Property tests of everything that parses outside input: ingest's `validate` (and its
+//! writer of the records it publishes), the process
 //! stage's JSON -> Arrow `decode`, the live store's reader of processed records, and the
 //! OpenSky `/states/all` parser. They run on arbitrary bytes, on arbitrary JSON, and on
 //! mutations of valid input (bytes flipped, inserted, deleted, cut), and check that nothing
@@ -13,7 +14,8 @@ mod common;
 use common::corpus::valid_record;
 use contrail::bus::Message;
 use contrail::ingest::opensky::parse_states;
-use contrail::ingest::validate::validate;
+use contrail::ingest::record::RawRecord;
+use contrail::ingest::validate::{validate, validate_with_serde};
 use contrail::pipeline::decode::{Decoded, decode, decode_with_arrow_json};
 use contrail::query::store::{parse_state, parse_state_with_serde};
 use proptest::prelude::*;
@@ -135,6 +137,104 @@ fn raw_record() -> impl Strategy<Value = Vec<u8>> {
                 serde_json::to_vec_pretty(&v).unwrap()
             } else {
                 serde_json::to_vec(&v).unwrap()
+            }
+        })
+}
+
+/// Any `RawRecord` value, the ones no validation lets through included: any strings
+/// (control characters, quotes, any Unicode), any floats (NaN, infinities, subnormals), any
+/// integers, timestamps in any year chrono holds, leap seconds included.
+fn any_raw_record() -> impl Strategy<Value = RawRecord> {
+    fn time() -> impl Strategy<Value = chrono::DateTime<chrono::Utc>> {
+        let secs = prop_oneof![
+            8 => 0i64..4_102_444_800,
+            2 => -62_167_219_200i64..253_402_300_800,
+            1 => -8_000_000_000_000i64..8_000_000_000_000,
+        ];
+        let nanos = prop_oneof![
+            4 => Just(0u32),
+            2 => (0u32..1_000).prop_map(|ms| ms * 1_000_000),
+            2 => (0u32..1_000_000).prop_map(|us| us * 1_000),
+            4 => 0u32..1_000_000_000,
+        ];
+        let leap = (0i64..70_000_000, 1_000_000_000u32..2_000_000_000)
+            .prop_map(|(minute, nanos)| (minute * 60 + 59, nanos));
+        prop_oneof![10 => (secs, nanos), 1 => leap]
+            .prop_filter_map("a time chrono holds", |(s, n)| {
+                chrono::DateTime::from_timestamp(s, n)
+            })
+    }
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![4 => "[ -~]{0,12}", 2 => any::<String>(), 1 => "[\\\"\u{0}-\u{1f}\u{7f}]{0,4}"]
+    }
+    fn float() -> impl Strategy<Value = Option<f64>> {
+        prop::option::of(prop_oneof![
+            4 => any::<f64>(),
+            2 => -1_000.0f64..1_000.0,
+            1 => Just(f64::NAN),
+            1 => Just(f64::INFINITY),
+            1 => Just(-0.0),
+        ])
+    }
+    (
+        (
+            time(),
+            text(),
+            prop::option::of(text()),
+            text(),
+            prop::option::of(time()),
+        ),
+        (
+            float(),
+            float(),
+            float(),
+            float(),
+            float(),
+            float(),
+            float(),
+        ),
+        (
+            any::<bool>(),
+            prop::option::of(text()),
+            any::<bool>(),
+            any::<i32>(),
+            prop::option::of(any::<i32>()),
+            prop::option::of(prop::collection::vec(any::<i32>(), 0..4)),
+            any::<i64>(),
+        ),
+    )
+        .prop_map(|(strings, floats, rest)| {
+            let (timestamp, icao24, callsign, origin_country, ingest_timestamp) = strings;
+            let (
+                latitude,
+                longitude,
+                velocity,
+                baro_altitude,
+                geo_altitude,
+                vertical_rate,
+                heading,
+            ) = floats;
+            let (on_ground, squawk, spi, position_source, category, sensors, last_contact) = rest;
+            RawRecord {
+                timestamp,
+                icao24,
+                callsign,
+                origin_country,
+                latitude,
+                longitude,
+                velocity,
+                baro_altitude,
+                geo_altitude,
+                vertical_rate,
+                heading,
+                on_ground,
+                squawk,
+                spi,
+                position_source,
+                category,
+                sensors,
+                last_contact,
+                ingest_timestamp,
             }
         })
 }
@@ -347,6 +447,68 @@ proptest! {
             None => bytes,
         };
         prop_assert_eq!(parse_state(&bytes), parse_state_with_serde(&bytes));
+    }
+
+    /// Any record as serde_json writes it (compact or pretty-printed; keys left out; bytes
+    /// mutated): `validate` (its hand-written parser for what ingest writes, serde_json for
+    /// the rest) gives serde_json's answer: the same record, or the same rejection.
+    #[test]
+    fn validate_agrees_with_serde(
+        r in any_raw_record(),
+        icao24 in prop::option::of("[0-9a-fA-F]{6}"),
+        pretty in any::<bool>(),
+        drop in prop::collection::vec(0usize..19, 0..3),
+        e in prop::option::weighted(0.3, edits()),
+    ) {
+        let mut v = serde_json::to_value(RawRecord { icao24: icao24.unwrap_or(r.icao24.clone()), ..r }).unwrap();
+        let keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        for k in drop {
+            v.as_object_mut().unwrap().remove(&keys[k]);
+        }
+        let bytes = if pretty {
+            serde_json::to_vec_pretty(&v).unwrap()
+        } else {
+            serde_json::to_vec(&v).unwrap()
+        };
+        let bytes = match e {
+            Some(e) => mutate(bytes, &e),
+            None => bytes,
+        };
+        prop_assert_eq!(validate(&bytes), validate_with_serde(&bytes));
+    }
+
+    /// The same for records with values of any JSON kind (whole or mutated), valid records
+    /// (whole, or with one field replaced by any JSON) and arbitrary bytes.
+    #[test]
+    fn validate_agrees_with_serde_on_any_json(
+        wild in raw_record(),
+        e in edits(),
+        i in 0usize..1000,
+        replaced in record_with_one_field_replaced(),
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+    ) {
+        let mutated = mutate(wild.clone(), &e);
+        let valid = serde_json::to_vec(&valid_record(i)).unwrap();
+        for b in [wild, mutated, valid, replaced, bytes] {
+            prop_assert_eq!(validate(&b), validate_with_serde(&b));
+        }
+    }
+
+    /// Any record: `RawRecord::to_json` (ingest's writer) writes serde_json's bytes, and
+    /// what it writes reads back as the same record.
+    #[test]
+    fn raw_record_writer_agrees_with_serde(r in any_raw_record()) {
+        let written = r.to_json();
+        prop_assert_eq!(
+            String::from_utf8(written.clone()).unwrap(),
+            serde_json::to_string(&r).unwrap()
+        );
+        let finite = [r.latitude, r.longitude, r.velocity, r.baro_altitude, r.geo_altitude,
+            r.vertical_rate, r.heading].iter().flatten().all(|f| f.is_finite());
+        if finite {
+            let back: RawRecord = serde_json::from_slice(&written).unwrap();
+            prop_assert_eq!(back, r);
+        }
     }
 
     #[test]

@@ -38,7 +38,20 @@ pub mod reason {
 }
 
 /// Parses and checks one raw record. `icao24` comes back lower-cased.
+///
+/// Records written the way ingest writes them are parsed by a hand-written parser
+/// ([`RawRecord::from_json_fast`]); anything else by serde_json, which parses it or says
+/// why not. The answer is [`validate_with_serde`]'s either way (`tests/fuzz.rs`).
 pub fn validate(payload: &[u8]) -> Result<RawRecord, Rejection> {
+    validate_by(payload, true)
+}
+
+/// [`validate`] with serde_json's parser alone: the reference the fast parser is held to.
+pub fn validate_with_serde(payload: &[u8]) -> Result<RawRecord, Rejection> {
+    validate_by(payload, false)
+}
+
+fn validate_by(payload: &[u8], fast: bool) -> Result<RawRecord, Rejection> {
     if payload.len() > crate::schema::MAX_RECORD_BYTES {
         return Err(Rejection::new(
             reason::TOO_LARGE,
@@ -49,7 +62,20 @@ pub fn validate(payload: &[u8]) -> Result<RawRecord, Rejection> {
             ),
         ));
     }
-    let mut record: RawRecord = serde_json::from_slice(payload).map_err(|e| {
+    let fast = fast
+        .then(|| std::str::from_utf8(payload).ok())
+        .flatten()
+        .and_then(RawRecord::from_json_fast);
+    let mut record = match fast {
+        Some(record) => record,
+        None => parse_with_serde(payload)?,
+    };
+    check(&mut record)?;
+    Ok(record)
+}
+
+fn parse_with_serde(payload: &[u8]) -> Result<RawRecord, Rejection> {
+    serde_json::from_slice(payload).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
             Category::Syntax | Category::Eof | Category::Io => {
@@ -57,9 +83,7 @@ pub fn validate(payload: &[u8]) -> Result<RawRecord, Rejection> {
             }
             Category::Data => Rejection::new(reason::SCHEMA, e.to_string()),
         }
-    })?;
-    check(&mut record)?;
-    Ok(record)
+    })
 }
 
 /// Checks a record that is already typed (from a source) and normalises `icao24`.
@@ -217,6 +241,68 @@ mod tests {
             serde_json::to_vec(&v).unwrap()
         };
         assert_eq!(validate(&missing).unwrap_err().reason, reason::SCHEMA);
+    }
+
+    /// Payloads at the edges of what the hand-written parser takes: each gets serde_json's
+    /// answer (`tests/fuzz.rs` does this for generated ones).
+    #[test]
+    fn the_fast_parser_gives_serdes_answer_at_its_edges() {
+        let text = String::from_utf8(serde_json::to_vec(&good()).unwrap()).unwrap();
+        let edits: &[(&str, &str)] = &[
+            ("\"position_source\":0", "\"position_source\":-0"),
+            ("\"position_source\":0", "\"position_source\":0.0"),
+            ("\"position_source\":0", "\"position_source\":1e0"),
+            ("\"category\":4", "\"category\":-0"),
+            ("\"category\":4", "\"category\":2147483648"),
+            ("\"last_contact\":1795600800", "\"last_contact\":-0"),
+            (
+                "\"last_contact\":1795600800",
+                "\"last_contact\":9223372036854775808",
+            ),
+            ("\"sensors\":null", "\"sensors\":[1,-0]"),
+            ("\"sensors\":null", "\"sensors\":[1,null]"),
+            ("\"sensors\":null", "\"sensors\":[ 1 , 2 ]"),
+            ("\"velocity\":120", "\"velocity\":-0"),
+            ("\"velocity\":120", "\"velocity\":1e400"),
+            ("\"velocity\":120", "\"velocity\":18446744073709551617"),
+            (
+                "\"icao24\":\"4CA1FA\"",
+                "\"icao24\":\"4CA1FA\",\"icao24\":\"4ca1fb\"",
+            ),
+            ("\"icao24\":\"4CA1FA\"", "\"icao24\":\"4CA1F\\u0041\""),
+            ("\"icao24\":\"4CA1FA\"", "\"\\u0069cao24\":\"4CA1FA\""),
+            ("\"callsign\":\"RYR12AB \"", "\"callsign\":\"R\tY\""),
+            ("\"spi\":false", "\"spi\":null"),
+            ("\"on_ground\":false,", ""),
+            ("\"geo_altitude\":null,", ""),
+            (
+                "2026-11-25T10:00:00Z",
+                "2026-11-25T10:00:00.123456789+00:00",
+            ),
+            ("2026-11-25T10:00:00Z", "2026-11-25T10:00:00.1234567891Z"),
+            ("2026-11-25T10:00:00Z", "2026-11-25T10:00:00+01:00"),
+            ("2026-11-25T10:00:00Z", "2026-11-25t10:00:00z"),
+            ("2026-11-25T10:00:00Z", "2016-12-31T23:59:60Z"),
+            ("2026-11-25T10:00:00Z", "0000-01-01T00:00:00Z"),
+            ("2026-11-25T10:00:00Z", "2026-02-29T00:00:00Z"),
+            (
+                "\"ingest_timestamp\":null",
+                "\"ingest_timestamp\":\"2026-11-25T10:00:01.5Z\"",
+            ),
+            ("{", " { "),
+            ("}", "} x"),
+        ];
+        for (from, to) in edits {
+            assert!(text.contains(from), "{from}");
+            let payload = text.replacen(from, to, 1);
+            assert_eq!(
+                validate(payload.as_bytes()),
+                validate_with_serde(payload.as_bytes()),
+                "{payload}"
+            );
+        }
+        let fast = validate(text.as_bytes()).unwrap();
+        assert_eq!(fast, validate_with_serde(text.as_bytes()).unwrap());
     }
 
     #[test]

@@ -19,9 +19,10 @@ use arrow::datatypes::{
 use arrow::json::writer::{LineDelimited, WriterBuilder};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
-use lexical_core::{FormattedSize, ToLexical};
+use lexical_core::ToLexical;
 
 use crate::error::Result;
+use crate::json_write::{write_lexical, write_rfc3339, write_str};
 
 /// Encodes each row of `batch` as one JSON object.
 pub fn to_json_rows(batch: &RecordBatch) -> Result<JsonRows> {
@@ -282,106 +283,16 @@ impl Finite for f64 {
     }
 }
 
-fn write_lexical<N: ToLexical>(buf: &mut Vec<u8>, value: N) {
-    // Room for any number lexical-core writes (f64's is the largest), written in place.
-    const ROOM: usize = f64::FORMATTED_SIZE_DECIMAL;
-    let start = buf.len();
-    buf.extend_from_slice(&[0; ROOM]);
-    let written = value.to_lexical(&mut buf[start..]).len();
-    buf.truncate(start + written);
-}
-
-/// A JSON string, escaped as serde_json (and so arrow-json) escapes it.
-fn write_str(buf: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    buf.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => b"",
-            _ => continue,
-        };
-        buf.extend_from_slice(&bytes[start..i]);
-        if escape.is_empty() {
-            buf.extend_from_slice(b"\\u00");
-            buf.push(HEX[(b >> 4) as usize]);
-            buf.push(HEX[(b & 0xf) as usize]);
-        } else {
-            buf.extend_from_slice(escape);
-        }
-        start = i + 1;
-    }
-    buf.extend_from_slice(&bytes[start..]);
-    buf.push(b'"');
-}
-
-/// Microseconds since the epoch as RFC 3339 in UTC with `Z`, the fraction as chrono's
-/// `SecondsFormat::AutoSi` writes it (none, 3 or 6 digits).
+/// Microseconds since the epoch as RFC 3339 in UTC (see [`write_rfc3339`]).
 fn write_timestamp(buf: &mut Vec<u8>, us: i64) {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400) as u32;
-    let (year, month, day) = civil_from_days(days);
-    if !(0..=9999).contains(&year) {
+    let nanos = us.rem_euclid(1_000_000) as u32 * 1_000;
+    if !write_rfc3339(buf, us.div_euclid(1_000_000), nanos) {
         // Years chrono writes with a sign; rare enough to leave to chrono.
         let text = DateTime::from_timestamp_micros(us)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
             .unwrap_or_default();
         buf.extend_from_slice(text.as_bytes());
-        return;
     }
-    // `YYYY-MM-DDTHH:MM:SS.ffffffZ` at most: written on the stack, appended as one block.
-    let mut text = [0u8; PADDED];
-    text[..20].copy_from_slice(b"0000-00-00T00:00:00.");
-    let digits = |text: &mut [u8; PADDED], at: usize, width: usize, mut n: u32| {
-        for slot in text[at..at + width].iter_mut().rev() {
-            *slot = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    digits(&mut text, 0, 4, year as u32);
-    digits(&mut text, 5, 2, month);
-    digits(&mut text, 8, 2, day);
-    digits(&mut text, 11, 2, sod / 3600);
-    digits(&mut text, 14, 2, sod / 60 % 60);
-    digits(&mut text, 17, 2, sod % 60);
-    let len = if micros == 0 {
-        19
-    } else if micros.is_multiple_of(1000) {
-        digits(&mut text, 20, 3, micros / 1000);
-        23
-    } else {
-        digits(&mut text, 20, 6, micros);
-        26
-    };
-    text[len] = b'Z';
-    let start = buf.len();
-    buf.extend_from_slice(&text);
-    buf.truncate(start + len + 1);
-}
-
-/// (year, month, day) of a day count from 1970-01-01 (proleptic Gregorian; Howard
-/// Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// arrow-json's writer: every type it knows.

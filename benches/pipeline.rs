@@ -1,5 +1,6 @@
-//! Process-stage benchmarks, one core, on simulator records (2,000 aircraft, 1% invalid,
-//! 0.2% anomalies) in micro-batches of 20,000 (the default `--batch-max-records`):
+//! Ingest- and process-stage benchmarks, one core, on simulator records (2,000 aircraft,
+//! 0.2% anomalies; 1% invalid for `ingest`, none for the rest, which see what ingest
+//! publishes) in micro-batches of 20,000 (the default `--batch-max-records`):
 //!
 //! - `ingest`: what ingest does to each record before publishing it: the simulator's
 //!   payload validated (parsed, checked), stamped with its ingest time, and written again

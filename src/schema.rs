@@ -44,6 +44,33 @@ pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// A raw record's key -> its field's position in [`RAW_SCHEMA`] (and in `RawRecord`), for
+/// the hand-written parsers of raw records (ingest's validation, the decoder).
+pub(crate) fn raw_field_index(key: &str) -> Option<u32> {
+    Some(match key {
+        "timestamp" => 0,
+        "icao24" => 1,
+        "callsign" => 2,
+        "origin_country" => 3,
+        "latitude" => 4,
+        "longitude" => 5,
+        "velocity" => 6,
+        "baro_altitude" => 7,
+        "geo_altitude" => 8,
+        "vertical_rate" => 9,
+        "heading" => 10,
+        "on_ground" => 11,
+        "squawk" => 12,
+        "spi" => 13,
+        "position_source" => 14,
+        "category" => 15,
+        "sensors" => 16,
+        "last_contact" => 17,
+        "ingest_timestamp" => 18,
+        _ => return None,
+    })
+}
+
 /// Name of the arrival-order column the pipeline adds to the `raw` table (row number within
 /// the micro-batch). SQL may use it to order reports; it never leaves the pipeline.
 pub const SEQ_COLUMN: &str = "_seq";

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::json_cursor::{Cursor, timestamp_parts};
 use crate::json_write::{write_lexical, write_rfc3339, write_str};
+use crate::schema::raw_field_index;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,30 +40,8 @@ pub struct RawRecord {
     pub ingest_timestamp: Option<DateTime<Utc>>,
 }
 
-/// The fields in the order serde writes them; bit `n` of a parse's `seen` is field `n`.
-const FIELDS: [&str; 19] = [
-    "timestamp",
-    "icao24",
-    "callsign",
-    "origin_country",
-    "latitude",
-    "longitude",
-    "velocity",
-    "baro_altitude",
-    "geo_altitude",
-    "vertical_rate",
-    "heading",
-    "on_ground",
-    "squawk",
-    "spi",
-    "position_source",
-    "category",
-    "sensors",
-    "last_contact",
-    "ingest_timestamp",
-];
-
-/// Fields serde requires (the ones that are not `Option`s).
+/// Fields serde requires (the ones that are not `Option`s), as bits of
+/// [`raw_field_index`]: the raw schema's positions, which are `RawRecord`'s order.
 const REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 11 | 1 << 13 | 1 << 14 | 1 << 17;
 
 impl RawRecord {
@@ -153,7 +132,7 @@ impl RawRecord {
         let optional_string =
             |c: &mut Cursor| c.nullable(Cursor::string).map(|s| s.map(str::to_owned));
         Cursor::new(text).object(|c, key| {
-            let field = FIELDS.iter().position(|&f| f == key)?;
+            let field = raw_field_index(key)?;
             if seen & 1 << field != 0 {
                 return None;
             }
@@ -244,5 +223,31 @@ fn timestamp(buf: &mut Vec<u8>, t: &DateTime<Utc>) {
         // A year chrono writes with a sign, or a leap second: chrono's own text.
         buf.truncate(start);
         serde_json::to_writer(buf, t).expect("writing to a Vec");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::RAW_SCHEMA;
+
+    /// `from_json_fast` keys its fields by their raw-schema positions: the record's fields
+    /// (as serde writes them) must be in that order.
+    #[test]
+    fn fields_are_in_the_raw_schemas_order() {
+        let text = r#"{"timestamp":"2026-11-25T10:00:00Z","icao24":"abc123","callsign":null,"origin_country":"Germany","latitude":50.0,"longitude":8.0,"velocity":null,"baro_altitude":null,"geo_altitude":null,"vertical_rate":null,"heading":null,"on_ground":false,"squawk":null,"spi":false,"position_source":0,"category":null,"sensors":[1],"last_contact":1795600800,"ingest_timestamp":null}"#;
+        let r = RawRecord::from_json_fast(text).expect("parsed");
+        let written = String::from_utf8(serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(written, text);
+        let at = |name: &str| written.find(&format!("\"{name}\":")).expect(name);
+        let names: Vec<&str> = RAW_SCHEMA
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names.len(), 19);
+        for pair in names.windows(2) {
+            assert!(at(pair[0]) < at(pair[1]), "{pair:?}");
+        }
     }
 }

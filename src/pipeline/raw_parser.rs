@@ -22,7 +22,7 @@ use arrow::datatypes::DataType;
 
 use crate::error::Result;
 use crate::json_cursor::Cursor;
-use crate::schema::{RAW_SCHEMA, timestamp_type};
+use crate::schema::{RAW_SCHEMA, raw_field_index, timestamp_type};
 
 /// Column builders for the raw schema, one row per accepted payload.
 pub(super) struct RawBuilder {
@@ -192,7 +192,7 @@ fn parse<'a>(payload: &'a [u8], sensors: &mut Vec<Option<i32>>) -> Option<Row<'a
     let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
     let mut row = Row::default();
     c.object(|c, key| {
-        let field = field_index(key)?;
+        let field = raw_field_index(key)?;
         if row.seen & (1 << field) != 0 {
             return None;
         }
@@ -223,32 +223,6 @@ fn parse<'a>(payload: &'a [u8], sensors: &mut Vec<Option<i32>>) -> Option<Row<'a
     (row.seen & REQUIRED == REQUIRED).then_some(row)
 }
 
-/// A raw field's position in [`RAW_SCHEMA`].
-fn field_index(key: &str) -> Option<u32> {
-    Some(match key {
-        "timestamp" => 0,
-        "icao24" => 1,
-        "callsign" => 2,
-        "origin_country" => 3,
-        "latitude" => 4,
-        "longitude" => 5,
-        "velocity" => 6,
-        "baro_altitude" => 7,
-        "geo_altitude" => 8,
-        "vertical_rate" => 9,
-        "heading" => 10,
-        "on_ground" => 11,
-        "squawk" => 12,
-        "spi" => 13,
-        "position_source" => 14,
-        "category" => 15,
-        "sensors" => 16,
-        "last_contact" => 17,
-        "ingest_timestamp" => 18,
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,7 +238,7 @@ mod tests {
     fn field_positions_and_required_fields_follow_the_schema() {
         for (n, field) in RAW_SCHEMA.fields().iter().enumerate() {
             assert_eq!(
-                field_index(field.name()),
+                raw_field_index(field.name()),
                 Some(n as u32),
                 "{}",
                 field.name()
@@ -273,7 +247,7 @@ mod tests {
             assert_eq!(required, !field.is_nullable(), "{}", field.name());
         }
         assert_eq!(REQUIRED >> RAW_SCHEMA.fields().len(), 0);
-        assert_eq!(field_index("extra"), None);
+        assert_eq!(raw_field_index("extra"), None);
     }
 
     #[test]

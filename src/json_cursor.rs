@@ -270,18 +270,27 @@ impl<'a> Cursor<'a> {
         if self.literal(b"null") {
             return Some(false);
         }
+        self.array(|c| {
+            values.push(c.nullable(Cursor::i32)?);
+            Some(())
+        })?;
+        Some(true)
+    }
+
+    /// An array: `item` is called with the cursor at each element and must consume it.
+    pub(crate) fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
         if !self.eat(b'[') {
             return None;
         }
         if self.eat(b']') {
-            return Some(true);
+            return Some(());
         }
         loop {
-            values.push(self.nullable(Cursor::i32)?);
+            item(self)?;
             if self.eat(b',') {
                 continue;
             }
-            return self.eat(b']').then_some(true);
+            return self.eat(b']').then_some(());
         }
     }
 

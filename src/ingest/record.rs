@@ -181,20 +181,12 @@ fn integer(c: &mut Cursor) -> Option<i64> {
 
 /// An array of `i32`s (serde refuses a `null` in one).
 fn sensors(c: &mut Cursor) -> Option<Vec<i32>> {
-    if !c.eat(b'[') {
-        return None;
-    }
     let mut values = Vec::new();
-    if c.eat(b']') {
-        return Some(values);
-    }
-    loop {
+    c.array(|c| {
         values.push(integer(c)?.try_into().ok()?);
-        if c.eat(b',') {
-            continue;
-        }
-        return c.eat(b']').then_some(values);
-    }
+        Some(())
+    })?;
+    Some(values)
 }
 
 fn nullable<T>(buf: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {

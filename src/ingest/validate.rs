@@ -177,6 +177,7 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
 
     fn good() -> serde_json::Value {
         serde_json::json!({
@@ -303,6 +304,20 @@ mod tests {
         }
         let fast = validate(text.as_bytes()).unwrap();
         assert_eq!(fast, validate_with_serde(text.as_bytes()).unwrap());
+        // The comparisons above would also hold if the fast parser gave up on everything:
+        // it must take what ingest publishes (nanosecond stamps included) and what sources
+        // write.
+        let mut published = fast.clone();
+        published.ingest_timestamp = DateTime::from_timestamp(1_795_600_801, 123_456_789);
+        let published = String::from_utf8(published.to_json()).unwrap();
+        for taken in [text.as_str(), &published, &text.replace(',', " ,\n\t")] {
+            let parsed = RawRecord::from_json_fast(taken).expect(taken);
+            assert_eq!(
+                parsed,
+                parse_with_serde(taken.as_bytes()).unwrap(),
+                "{taken}"
+            );
+        }
     }
 
     #[test]

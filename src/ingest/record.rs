@@ -173,10 +173,8 @@ fn utc(c: &mut Cursor) -> Option<DateTime<Utc>> {
 /// An integer as serde_json parses it into an integer field: not `-0`, which it reads as a
 /// float.
 fn integer(c: &mut Cursor) -> Option<i64> {
-    match c.number()? {
-        (text, true) if text != b"-0" => lexical_core::parse(text).ok(),
-        _ => None,
-    }
+    let number = c.number()?;
+    (number.text != b"-0").then(|| number.i64())?
 }
 
 /// An array of `i32`s (serde refuses a `null` in one).

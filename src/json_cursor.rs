@@ -352,7 +352,7 @@ impl Number<'_> {
             1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
         ];
         match self.mantissa {
-            // Both the mantissa (< 2^53) and the power of ten (<= 10^22) are exact `f64`s,
+            // Both the mantissa (<= 2^53) and the power of ten (<= 10^22) are exact `f64`s,
             // and IEEE division rounds their exact quotient correctly.
             Some(m) if !self.exponent && m <= 1 << 53 && self.fraction <= 22 => {
                 let v = m as f64 / POWERS_OF_TEN[self.fraction as usize];

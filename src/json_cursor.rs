@@ -27,14 +27,64 @@ impl<'a> Cursor<'a> {
     /// text is not such an object or `field` gives up.
     pub(crate) fn object(
         &mut self,
-        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+        field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.members(Self::string, field)
+    }
+
+    /// [`Self::object`] for a parser that knows its keys: `field` gets the key's id, or
+    /// `None` for a key it does not know. `keys` lists the known keys with their ids in the
+    /// order Contrail writes them; each key is first compared, as it stands in the text,
+    /// with the known key after the last one read, and a match settles it without scanning
+    /// and looking up the string. Any other key is read as [`Self::string`] reads it (an
+    /// escape gives up) and looked up with `lookup`, which must give the same ids. The keys
+    /// in `keys` hold no `"`, `\` or control character, so `"key"` in the text is that key
+    /// and no other.
+    pub(crate) fn object_keyed(
+        &mut self,
+        keys: &[(&str, u32)],
+        lookup: impl Fn(&str) -> Option<u32>,
+        field: impl FnMut(&mut Self, Option<u32>) -> Option<()>,
+    ) -> Option<()> {
+        let mut next = 0;
+        self.members(
+            |c| {
+                c.ws();
+                if let Some((key, id)) = keys.get(next) {
+                    let at = c.i + 1 + key.len();
+                    if c.b.get(c.i) == Some(&b'"')
+                        && c.b.get(at) == Some(&b'"')
+                        && &c.b[c.i + 1..at] == key.as_bytes()
+                    {
+                        c.i = at + 1;
+                        next += 1;
+                        return Some(Some(*id));
+                    }
+                }
+                let id = lookup(c.string()?);
+                if let Some(id) = id
+                    && let Some(k) = keys.iter().position(|(_, i)| *i == id)
+                {
+                    next = k + 1;
+                }
+                Some(id)
+            },
+            field,
+        )
+    }
+
+    /// An object's members: `key` reads each key, `field` its value.
+    fn members<K>(
+        &mut self,
+        mut key: impl FnMut(&mut Self) -> Option<K>,
+        mut field: impl FnMut(&mut Self, K) -> Option<()>,
     ) -> Option<()> {
         if !self.eat(b'{') {
             return None;
         }
         if !self.eat(b'}') {
             loop {
-                let key = self.string()?;
+                let key = key(self)?;
                 if !self.eat(b':') {
                     return None;
                 }
@@ -457,6 +507,59 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Known keys that are prefixes of each other, for [`Cursor::object_keyed`].
+    const KEYS: [(&str, u32); 4] = [("ab", 7), ("a", 3), ("abc", 5), ("b", 0)];
+
+    fn lookup(key: &str) -> Option<u32> {
+        KEYS.iter().find(|(k, _)| *k == key).map(|(_, id)| *id)
+    }
+
+    /// An object's key ids, `None` if the object was refused.
+    type Ids = Option<Vec<Option<u32>>>;
+
+    /// The ids `object_keyed` gives an object's keys, and what `object` and `lookup` give.
+    fn keyed_and_looked_up(text: &str) -> (Ids, Ids) {
+        let mut keyed = Vec::new();
+        let a = Cursor::new(text)
+            .object_keyed(&KEYS, lookup, |c, id| {
+                keyed.push(id);
+                c.skip_value(4)
+            })
+            .map(|()| keyed);
+        let mut looked_up = Vec::new();
+        let b = Cursor::new(text)
+            .object(|c, key| {
+                looked_up.push(lookup(key));
+                c.skip_value(4)
+            })
+            .map(|()| looked_up);
+        (a, b)
+    }
+
+    #[test]
+    fn keyed_objects_read_known_keys_in_any_order() {
+        let ids = |text| keyed_and_looked_up(text).0;
+        assert_eq!(
+            ids(r#"{"ab":1,"a":2,"abc":3,"b":4}"#),
+            Some(vec![Some(7), Some(3), Some(5), Some(0)])
+        );
+        assert_eq!(ids(r#"{"abc":1,"ab":2}"#), Some(vec![Some(5), Some(7)]));
+        // A prefix of the expected key, the expected key with more after it, unknown keys.
+        assert_eq!(
+            ids(r#"{"a":1,"abcd":2,"ab" : 3}"#),
+            Some(vec![Some(3), None, Some(7)])
+        );
+        assert_eq!(
+            ids(r#" { "b" :1 , "x":[1,{"ab":2}] } "#),
+            Some(vec![Some(0), None])
+        );
+        assert_eq!(ids("{}"), Some(vec![]));
+        // An escape gives up, as `string` does; so do a truncated key and a missing colon.
+        assert_eq!(ids(r#"{"a\u0062":1}"#), None);
+        assert_eq!(ids(r#"{"ab"#), None);
+        assert_eq!(ids(r#"{"ab" 1}"#), None);
+    }
+
     fn naive_string_end(b: &[u8]) -> Option<usize> {
         b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)
     }
@@ -501,6 +604,28 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn keyed_objects_give_the_ids_a_lookup_gives(
+            members in proptest::collection::vec(
+                (prop_oneof![Just("a"), Just("ab"), Just("abc"), Just("b"), Just("abd"), Just(""), Just("ba")],
+                 "[ \t\n]{0,2}"),
+                0..8,
+            ),
+        ) {
+            let text = format!(
+                "{{{}}}",
+                members
+                    .iter()
+                    .enumerate()
+                    .map(|(v, (k, ws))| format!("{ws}\"{k}\"{ws}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let (keyed, looked_up) = keyed_and_looked_up(&text);
+            prop_assert!(keyed.is_some(), "{}", text);
+            prop_assert_eq!(keyed, looked_up, "{}", text);
+        }
+
         #[test]
         fn string_end_finds_what_a_byte_at_a_time_scan_finds(
             b in proptest::collection::vec(

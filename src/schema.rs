@@ -46,6 +46,30 @@ pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// A raw record's key -> its field's position in [`RAW_SCHEMA`] (and in `RawRecord`), for
 /// the hand-written parsers of raw records (ingest's validation, the decoder).
+/// The raw record's keys with their [`raw_field_index`], in the order ingest writes them
+/// (the schema's).
+pub(crate) const RAW_KEYS: [(&str, u32); 19] = [
+    ("timestamp", 0),
+    ("icao24", 1),
+    ("callsign", 2),
+    ("origin_country", 3),
+    ("latitude", 4),
+    ("longitude", 5),
+    ("velocity", 6),
+    ("baro_altitude", 7),
+    ("geo_altitude", 8),
+    ("vertical_rate", 9),
+    ("heading", 10),
+    ("on_ground", 11),
+    ("squawk", 12),
+    ("spi", 13),
+    ("position_source", 14),
+    ("category", 15),
+    ("sensors", 16),
+    ("last_contact", 17),
+    ("ingest_timestamp", 18),
+];
+
 pub(crate) fn raw_field_index(key: &str) -> Option<u32> {
     Some(match key {
         "timestamp" => 0,
@@ -125,6 +149,20 @@ pub fn processed_contract_columns() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_keys_are_the_schemas_fields_and_their_indices() {
+        let names: Vec<&str> = RAW_SCHEMA
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let keys: Vec<&str> = RAW_KEYS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, names);
+        for (key, id) in RAW_KEYS {
+            assert_eq!(raw_field_index(key), Some(id), "{key}");
+        }
+    }
 
     #[test]
     fn processed_contract_keeps_every_raw_field_once() {

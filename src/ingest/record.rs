@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::json_cursor::{Cursor, timestamp_parts};
 use crate::json_write::{write_lexical, write_rfc3339, write_str};
-use crate::schema::raw_field_index;
+use crate::schema::{RAW_KEYS, raw_field_index};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,8 +131,8 @@ impl RawRecord {
         let string = |c: &mut Cursor| c.string().map(str::to_owned);
         let optional_string =
             |c: &mut Cursor| c.nullable(Cursor::string).map(|s| s.map(str::to_owned));
-        Cursor::new(text).object(|c, key| {
-            let field = raw_field_index(key)?;
+        Cursor::new(text).object_keyed(&RAW_KEYS, raw_field_index, |c, field| {
+            let field = field?;
             if seen & 1 << field != 0 {
                 return None;
             }

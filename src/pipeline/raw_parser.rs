@@ -22,7 +22,7 @@ use arrow::datatypes::DataType;
 
 use crate::error::Result;
 use crate::json_cursor::Cursor;
-use crate::schema::{RAW_SCHEMA, raw_field_index, timestamp_type};
+use crate::schema::{RAW_KEYS, RAW_SCHEMA, raw_field_index, timestamp_type};
 
 /// Column builders for the raw schema, one row per accepted payload.
 pub(super) struct RawBuilder {
@@ -191,8 +191,8 @@ impl RawBuilder {
 fn parse<'a>(payload: &'a [u8], sensors: &mut Vec<Option<i32>>) -> Option<Row<'a>> {
     let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
     let mut row = Row::default();
-    c.object(|c, key| {
-        let field = raw_field_index(key)?;
+    c.object_keyed(&RAW_KEYS, raw_field_index, |c, field| {
+        let field = field?;
         if row.seen & (1 << field) != 0 {
             return None;
         }

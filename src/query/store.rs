@@ -217,6 +217,30 @@ fn state_field(key: &str) -> Option<u32> {
     })
 }
 
+/// The keys [`state_field`] knows with their ids, in the order the default SQL's processed
+/// records hold them.
+const STATE_KEYS: [(&str, u32); 19] = [
+    ("timestamp", 0),
+    ("icao24", 1),
+    ("callsign", 2),
+    ("origin_country", 3),
+    ("latitude", 4),
+    ("longitude", 5),
+    ("heading", 9),
+    ("on_ground", 10),
+    ("squawk", 11),
+    ("velocity_knots", 6),
+    ("altitude_ft", 7),
+    ("vertical_rate_fpm", 8),
+    ("flight_phase", 12),
+    ("seconds_since_previous", 18),
+    ("position_jump_km", 17),
+    ("speed_mismatch_knots", 15),
+    ("climb_mismatch_fpm", 16),
+    ("anomaly_score", 13),
+    ("is_anomaly", 14),
+];
+
 /// The fields [`ProcessedJson`] requires (the others are `Option`s).
 const STATE_REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 10 | 1 << 12;
 
@@ -229,8 +253,8 @@ pub fn parse_state_fast(payload: &[u8]) -> Option<(i64, State)> {
     let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
     let mut s = State::default();
     let (mut micros, mut seen) = (0, 0u32);
-    c.object(|c, key| {
-        let Some(field) = state_field(key) else {
+    c.object_keyed(&STATE_KEYS, state_field, |c, field| {
+        let Some(field) = field else {
             return c.skip_value(SKIP_DEPTH);
         };
         if seen & (1 << field) != 0 {
@@ -599,6 +623,22 @@ mod tests {
             r#"{{"window_start":"{start}","window_end":"{end}","event_count":{events},"anomaly_count":1,"avg_velocity":200.0,"min_velocity":null,"max_velocity":null,"avg_altitude":null,"min_altitude":null,"max_altitude":null,"unique_aircraft":3,"avg_anomaly_score":0.4}}"#
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn state_keys_are_the_lookups_in_the_processed_contracts_order() {
+        for (key, id) in STATE_KEYS {
+            assert_eq!(state_field(key), Some(id), "{key}");
+        }
+        let mut ids: Vec<u32> = STATE_KEYS.iter().map(|(_, id)| *id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..19).collect::<Vec<_>>());
+        let contract: Vec<String> = crate::schema::processed_contract_columns()
+            .into_iter()
+            .filter(|c| state_field(c).is_some())
+            .collect();
+        let keys: Vec<&str> = STATE_KEYS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(contract, keys);
     }
 
     #[test]

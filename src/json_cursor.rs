@@ -32,40 +32,39 @@ impl<'a> Cursor<'a> {
         self.members(Self::string, field)
     }
 
-    /// [`Self::object`] for a parser that knows its keys: `field` gets the key's id, or
-    /// `None` for a key it does not know. `keys` lists the known keys with their ids in the
-    /// order Contrail writes them; each key is first compared, as it stands in the text,
-    /// with the known key after the last one read, and a match settles it without scanning
-    /// and looking up the string. Any other key is read as [`Self::string`] reads it (an
-    /// escape gives up) and looked up with `lookup`, which must give the same ids. The keys
-    /// in `keys` hold no `"`, `\` or control character, so `"key"` in the text is that key
-    /// and no other.
+    /// [`Self::object`] for a parser that knows its keys: `field` gets the key's id, its
+    /// position in `keys`, or `None` for a key it does not know. `keys` lists the known keys
+    /// in the order Contrail writes them; each key is first compared, as it stands in the
+    /// text, with the known key after the last one read, and a match settles it without
+    /// scanning and looking up the string. Any other key is read as [`Self::string`] reads
+    /// it (an escape gives up) and looked up with `lookup`, which must give the same ids.
+    /// The keys in `keys` hold no `"`, `\` or control character, so `"key"` in the text is
+    /// that key and no other.
     pub(crate) fn object_keyed(
         &mut self,
-        keys: &[(&str, u32)],
+        keys: &[&str],
         lookup: impl Fn(&str) -> Option<u32>,
         field: impl FnMut(&mut Self, Option<u32>) -> Option<()>,
     ) -> Option<()> {
-        let mut next = 0;
+        let mut next: u32 = 0;
         self.members(
             |c| {
                 c.ws();
-                if let Some((key, id)) = keys.get(next) {
+                if let Some(key) = keys.get(next as usize) {
                     let at = c.i + 1 + key.len();
                     if c.b.get(c.i) == Some(&b'"')
                         && c.b.get(at) == Some(&b'"')
                         && &c.b[c.i + 1..at] == key.as_bytes()
                     {
                         c.i = at + 1;
+                        let id = next;
                         next += 1;
-                        return Some(Some(*id));
+                        return Some(Some(id));
                     }
                 }
                 let id = lookup(c.string()?);
-                if let Some(id) = id
-                    && let Some(k) = keys.iter().position(|(_, i)| *i == id)
-                {
-                    next = k + 1;
+                if let Some(id) = id {
+                    next = id + 1;
                 }
                 Some(id)
             },
@@ -508,10 +507,10 @@ mod tests {
     use proptest::prelude::*;
 
     /// Known keys that are prefixes of each other, for [`Cursor::object_keyed`].
-    const KEYS: [(&str, u32); 4] = [("ab", 7), ("a", 3), ("abc", 5), ("b", 0)];
+    const KEYS: [&str; 4] = ["ab", "a", "abc", "b"];
 
     fn lookup(key: &str) -> Option<u32> {
-        KEYS.iter().find(|(k, _)| *k == key).map(|(_, id)| *id)
+        KEYS.iter().position(|k| *k == key).map(|i| i as u32)
     }
 
     /// An object's key ids, `None` if the object was refused.
@@ -541,17 +540,17 @@ mod tests {
         let ids = |text| keyed_and_looked_up(text).0;
         assert_eq!(
             ids(r#"{"ab":1,"a":2,"abc":3,"b":4}"#),
-            Some(vec![Some(7), Some(3), Some(5), Some(0)])
+            Some(vec![Some(0), Some(1), Some(2), Some(3)])
         );
-        assert_eq!(ids(r#"{"abc":1,"ab":2}"#), Some(vec![Some(5), Some(7)]));
+        assert_eq!(ids(r#"{"abc":1,"ab":2}"#), Some(vec![Some(2), Some(0)]));
         // A prefix of the expected key, the expected key with more after it, unknown keys.
         assert_eq!(
             ids(r#"{"a":1,"abcd":2,"ab" : 3}"#),
-            Some(vec![Some(3), None, Some(7)])
+            Some(vec![Some(1), None, Some(0)])
         );
         assert_eq!(
             ids(r#" { "b" :1 , "x":[1,{"ab":2}] } "#),
-            Some(vec![Some(0), None])
+            Some(vec![Some(3), None])
         );
         assert_eq!(ids("{}"), Some(vec![]));
         // An escape gives up, as `string` does; so do a truncated key and a missing colon.

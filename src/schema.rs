@@ -44,32 +44,32 @@ pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// A raw record's key -> its field's position in [`RAW_SCHEMA`] (and in `RawRecord`), for
-/// the hand-written parsers of raw records (ingest's validation, the decoder).
-/// The raw record's keys with their [`raw_field_index`], in the order ingest writes them
-/// (the schema's).
-pub(crate) const RAW_KEYS: [(&str, u32); 19] = [
-    ("timestamp", 0),
-    ("icao24", 1),
-    ("callsign", 2),
-    ("origin_country", 3),
-    ("latitude", 4),
-    ("longitude", 5),
-    ("velocity", 6),
-    ("baro_altitude", 7),
-    ("geo_altitude", 8),
-    ("vertical_rate", 9),
-    ("heading", 10),
-    ("on_ground", 11),
-    ("squawk", 12),
-    ("spi", 13),
-    ("position_source", 14),
-    ("category", 15),
-    ("sensors", 16),
-    ("last_contact", 17),
-    ("ingest_timestamp", 18),
+/// The raw record's keys in the order ingest writes them (the schema's): a key's position
+/// here is its [`raw_field_index`].
+pub(crate) const RAW_KEYS: [&str; 19] = [
+    "timestamp",
+    "icao24",
+    "callsign",
+    "origin_country",
+    "latitude",
+    "longitude",
+    "velocity",
+    "baro_altitude",
+    "geo_altitude",
+    "vertical_rate",
+    "heading",
+    "on_ground",
+    "squawk",
+    "spi",
+    "position_source",
+    "category",
+    "sensors",
+    "last_contact",
+    "ingest_timestamp",
 ];
 
+/// A raw record's key -> its field's position in [`RAW_SCHEMA`] (and in `RawRecord`), for
+/// the hand-written parsers of raw records (ingest's validation, the decoder).
 pub(crate) fn raw_field_index(key: &str) -> Option<u32> {
     Some(match key {
         "timestamp" => 0,
@@ -157,10 +157,9 @@ mod tests {
             .iter()
             .map(|f| f.name().as_str())
             .collect();
-        let keys: Vec<&str> = RAW_KEYS.iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, names);
-        for (key, id) in RAW_KEYS {
-            assert_eq!(raw_field_index(key), Some(id), "{key}");
+        assert_eq!(RAW_KEYS.to_vec(), names);
+        for (id, key) in RAW_KEYS.into_iter().enumerate() {
+            assert_eq!(raw_field_index(key), Some(id as u32), "{key}");
         }
     }
 

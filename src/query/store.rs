@@ -191,7 +191,32 @@ pub fn parse_state_with_serde(payload: &[u8]) -> Result<(i64, State), String> {
     Ok((r.timestamp.timestamp_micros(), state))
 }
 
-/// The fields of [`ProcessedJson`] by position; the others are skipped.
+/// The processed record's keys the live store reads, in the order the default SQL's
+/// records hold them (the processed contract's); the others are skipped. A key's position
+/// here is its [`state_field`].
+const STATE_KEYS: [&str; 19] = [
+    "timestamp",
+    "icao24",
+    "callsign",
+    "origin_country",
+    "latitude",
+    "longitude",
+    "heading",
+    "on_ground",
+    "squawk",
+    "velocity_knots",
+    "altitude_ft",
+    "vertical_rate_fpm",
+    "flight_phase",
+    "seconds_since_previous",
+    "position_jump_km",
+    "speed_mismatch_knots",
+    "climb_mismatch_fpm",
+    "anomaly_score",
+    "is_anomaly",
+];
+
+/// A processed record's key -> its position in [`STATE_KEYS`].
 fn state_field(key: &str) -> Option<u32> {
     Some(match key {
         "timestamp" => 0,
@@ -200,49 +225,26 @@ fn state_field(key: &str) -> Option<u32> {
         "origin_country" => 3,
         "latitude" => 4,
         "longitude" => 5,
-        "velocity_knots" => 6,
-        "altitude_ft" => 7,
-        "vertical_rate_fpm" => 8,
-        "heading" => 9,
-        "on_ground" => 10,
-        "squawk" => 11,
+        "heading" => 6,
+        "on_ground" => 7,
+        "squawk" => 8,
+        "velocity_knots" => 9,
+        "altitude_ft" => 10,
+        "vertical_rate_fpm" => 11,
         "flight_phase" => 12,
-        "anomaly_score" => 13,
-        "is_anomaly" => 14,
+        "seconds_since_previous" => 13,
+        "position_jump_km" => 14,
         "speed_mismatch_knots" => 15,
         "climb_mismatch_fpm" => 16,
-        "position_jump_km" => 17,
-        "seconds_since_previous" => 18,
+        "anomaly_score" => 17,
+        "is_anomaly" => 18,
         _ => return None,
     })
 }
 
-/// The keys [`state_field`] knows with their ids, in the order the default SQL's processed
-/// records hold them.
-const STATE_KEYS: [(&str, u32); 19] = [
-    ("timestamp", 0),
-    ("icao24", 1),
-    ("callsign", 2),
-    ("origin_country", 3),
-    ("latitude", 4),
-    ("longitude", 5),
-    ("heading", 9),
-    ("on_ground", 10),
-    ("squawk", 11),
-    ("velocity_knots", 6),
-    ("altitude_ft", 7),
-    ("vertical_rate_fpm", 8),
-    ("flight_phase", 12),
-    ("seconds_since_previous", 18),
-    ("position_jump_km", 17),
-    ("speed_mismatch_knots", 15),
-    ("climb_mismatch_fpm", 16),
-    ("anomaly_score", 13),
-    ("is_anomaly", 14),
-];
-
-/// The fields [`ProcessedJson`] requires (the others are `Option`s).
-const STATE_REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 10 | 1 << 12;
+/// The fields [`ProcessedJson`] requires (the others are `Option`s): `timestamp`,
+/// `icao24`, `origin_country`, `on_ground`, `flight_phase`.
+const STATE_REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 7 | 1 << 12;
 
 /// How deep skipped values may nest (serde_json allows 128).
 const SKIP_DEPTH: u32 = 32;
@@ -269,19 +271,19 @@ pub fn parse_state_fast(payload: &[u8]) -> Option<(i64, State)> {
             3 => s.origin_country = c.string()?.to_owned(),
             4 => s.latitude = c.nullable(num)?,
             5 => s.longitude = c.nullable(num)?,
-            6 => s.velocity_knots = c.nullable(num)?,
-            7 => s.altitude_ft = c.nullable(num)?,
-            8 => s.vertical_rate_fpm = c.nullable(num)?,
-            9 => s.heading = c.nullable(num)?,
-            10 => s.on_ground = c.bool()?,
-            11 => s.squawk = c.nullable(Cursor::string)?.map(str::to_owned),
+            6 => s.heading = c.nullable(num)?,
+            7 => s.on_ground = c.bool()?,
+            8 => s.squawk = c.nullable(Cursor::string)?.map(str::to_owned),
+            9 => s.velocity_knots = c.nullable(num)?,
+            10 => s.altitude_ft = c.nullable(num)?,
+            11 => s.vertical_rate_fpm = c.nullable(num)?,
             12 => s.flight_phase = c.string()?.to_owned(),
-            13 => s.anomaly_score = c.nullable(num)?,
-            14 => s.is_anomaly = c.nullable(Cursor::bool)?.unwrap_or(false),
+            13 => s.seconds_since_previous = c.nullable(num)?,
+            14 => s.position_jump_km = c.nullable(num)?,
             15 => s.speed_mismatch_knots = c.nullable(num)?,
             16 => s.climb_mismatch_fpm = c.nullable(num)?,
-            17 => s.position_jump_km = c.nullable(num)?,
-            _ => s.seconds_since_previous = c.nullable(num)?,
+            17 => s.anomaly_score = c.nullable(num)?,
+            _ => s.is_anomaly = c.nullable(Cursor::bool)?.unwrap_or(false),
         }
         Some(())
     })?;
@@ -627,18 +629,14 @@ mod tests {
 
     #[test]
     fn state_keys_are_the_lookups_in_the_processed_contracts_order() {
-        for (key, id) in STATE_KEYS {
-            assert_eq!(state_field(key), Some(id), "{key}");
+        for (id, key) in STATE_KEYS.into_iter().enumerate() {
+            assert_eq!(state_field(key), Some(id as u32), "{key}");
         }
-        let mut ids: Vec<u32> = STATE_KEYS.iter().map(|(_, id)| *id).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (0..19).collect::<Vec<_>>());
         let contract: Vec<String> = crate::schema::processed_contract_columns()
             .into_iter()
             .filter(|c| state_field(c).is_some())
             .collect();
-        let keys: Vec<&str> = STATE_KEYS.iter().map(|(k, _)| *k).collect();
-        assert_eq!(contract, keys);
+        assert_eq!(contract, STATE_KEYS);
     }
 
     #[test]

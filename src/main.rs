@@ -9,7 +9,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-/// mimalloc instead of glibc malloc: see Cargo.toml and the README's benchmark table.
+/// mimalloc instead of glibc malloc: see Cargo.toml and benches/REPORT.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -174,6 +174,14 @@ async function test(browser) {
   check(await page.isVisible('#banner'), 'a stale warning shows when nothing new arrives');
   check((await page.textContent('#banner')).includes('stale'), 'the warning says the data is stale');
   check(await page.getAttribute('#status-pill', 'data-status') === 'stale', 'the status pill says stale');
+  // Paused wins over stale in the pill; the banner keeps the stale warning.
+  await page.uncheck('#auto-refresh');
+  check(await page.getAttribute('#status-pill', 'data-status') === 'paused', 'paused on stale data: the pill says paused');
+  check(await page.isVisible('#banner') && (await page.textContent('#banner')).includes('stale'),
+    'paused on stale data: the banner still says stale');
+  await page.check('#auto-refresh');
+  await nextRender(page);
+  check(await page.getAttribute('#status-pill', 'data-status') === 'stale', 'resumed on stale data: the pill says stale again');
 
   const expect = {
     'kpi-aircraft': summary.aircraft,

@@ -215,9 +215,11 @@ function showKpis(k) {
 function showStatus() {
   const pill = $('status-pill');
   const summary = latest?.summary;
+  // Offline and paused describe the connection and win over what the last snapshot said;
+  // a stale warning still shows in the banner while paused.
   let status = summary ? summary.status : 'waiting';
   if (connection === 'offline') status = 'offline';
-  else if (connection === 'paused' && status === 'live') status = 'paused';
+  else if (connection === 'paused') status = 'paused';
   const text = {
     live: 'live', stale: 'stale', waiting: 'waiting for data', paused: 'paused', offline: 'offline',
   }[status];

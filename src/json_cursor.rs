@@ -37,13 +37,12 @@ impl<'a> Cursor<'a> {
     /// in the order Contrail writes them; each key is first compared, as it stands in the
     /// text, with the known key after the last one read, and a match settles it without
     /// scanning and looking up the string. Any other key is read as [`Self::string`] reads
-    /// it (an escape gives up) and looked up with `lookup`, which must give the same ids.
+    /// it (an escape gives up) and looked up in `keys`.
     /// The keys in `keys` hold no `"`, `\` or control character, so `"key"` in the text is
     /// that key and no other.
     pub(crate) fn object_keyed(
         &mut self,
         keys: &[&str],
-        lookup: impl Fn(&str) -> Option<u32>,
         field: impl FnMut(&mut Self, Option<u32>) -> Option<()>,
     ) -> Option<()> {
         let mut next: u32 = 0;
@@ -62,7 +61,8 @@ impl<'a> Cursor<'a> {
                         return Some(Some(id));
                     }
                 }
-                let id = lookup(c.string()?);
+                let key = c.string()?;
+                let id = keys.iter().position(|k| *k == key).map(|id| id as u32);
                 if let Some(id) = id {
                     next = id + 1;
                 }
@@ -520,7 +520,7 @@ mod tests {
     fn keyed_and_looked_up(text: &str) -> (Ids, Ids) {
         let mut keyed = Vec::new();
         let a = Cursor::new(text)
-            .object_keyed(&KEYS, lookup, |c, id| {
+            .object_keyed(&KEYS, |c, id| {
                 keyed.push(id);
                 c.skip_value(4)
             })

@@ -45,7 +45,8 @@ pub static RAW_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The raw record's keys in the order ingest writes them (the schema's): a key's position
-/// here is its [`raw_field_index`].
+/// here is its field's position in [`RAW_SCHEMA`] (and in `RawRecord`), the id the
+/// hand-written parsers of raw records (ingest's validation, the decoder) give it.
 pub(crate) const RAW_KEYS: [&str; 19] = [
     "timestamp",
     "icao24",
@@ -67,33 +68,6 @@ pub(crate) const RAW_KEYS: [&str; 19] = [
     "last_contact",
     "ingest_timestamp",
 ];
-
-/// A raw record's key -> its field's position in [`RAW_SCHEMA`] (and in `RawRecord`), for
-/// the hand-written parsers of raw records (ingest's validation, the decoder).
-pub(crate) fn raw_field_index(key: &str) -> Option<u32> {
-    Some(match key {
-        "timestamp" => 0,
-        "icao24" => 1,
-        "callsign" => 2,
-        "origin_country" => 3,
-        "latitude" => 4,
-        "longitude" => 5,
-        "velocity" => 6,
-        "baro_altitude" => 7,
-        "geo_altitude" => 8,
-        "vertical_rate" => 9,
-        "heading" => 10,
-        "on_ground" => 11,
-        "squawk" => 12,
-        "spi" => 13,
-        "position_source" => 14,
-        "category" => 15,
-        "sensors" => 16,
-        "last_contact" => 17,
-        "ingest_timestamp" => 18,
-        _ => return None,
-    })
-}
 
 /// Name of the arrival-order column the pipeline adds to the `raw` table (row number within
 /// the micro-batch). SQL may use it to order reports; it never leaves the pipeline.
@@ -151,16 +125,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn raw_keys_are_the_schemas_fields_and_their_indices() {
+    fn raw_keys_are_the_schemas_fields_in_order() {
         let names: Vec<&str> = RAW_SCHEMA
             .fields()
             .iter()
             .map(|f| f.name().as_str())
             .collect();
         assert_eq!(RAW_KEYS.to_vec(), names);
-        for (id, key) in RAW_KEYS.into_iter().enumerate() {
-            assert_eq!(raw_field_index(key), Some(id as u32), "{key}");
-        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::json_cursor::{Cursor, timestamp_parts};
 use crate::json_write::{write_lexical, write_rfc3339, write_str};
-use crate::schema::{RAW_KEYS, raw_field_index};
+use crate::schema::RAW_KEYS;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +41,7 @@ pub struct RawRecord {
 }
 
 /// Fields serde requires (the ones that are not `Option`s), as bits of
-/// [`raw_field_index`]: the raw schema's positions, which are `RawRecord`'s order.
+/// positions in [`RAW_KEYS`]: the raw schema's positions, which are `RawRecord`'s order.
 const REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 11 | 1 << 13 | 1 << 14 | 1 << 17;
 
 impl RawRecord {
@@ -131,7 +131,7 @@ impl RawRecord {
         let string = |c: &mut Cursor| c.string().map(str::to_owned);
         let optional_string =
             |c: &mut Cursor| c.nullable(Cursor::string).map(|s| s.map(str::to_owned));
-        Cursor::new(text).object_keyed(&RAW_KEYS, raw_field_index, |c, field| {
+        Cursor::new(text).object_keyed(&RAW_KEYS, |c, field| {
             let field = field?;
             if seen & 1 << field != 0 {
                 return None;

@@ -193,7 +193,7 @@ pub fn parse_state_with_serde(payload: &[u8]) -> Result<(i64, State), String> {
 
 /// The processed record's keys the live store reads, in the order the default SQL's
 /// records hold them (the processed contract's); the others are skipped. A key's position
-/// here is its [`state_field`].
+/// here is its field id.
 const STATE_KEYS: [&str; 19] = [
     "timestamp",
     "icao24",
@@ -216,32 +216,6 @@ const STATE_KEYS: [&str; 19] = [
     "is_anomaly",
 ];
 
-/// A processed record's key -> its position in [`STATE_KEYS`].
-fn state_field(key: &str) -> Option<u32> {
-    Some(match key {
-        "timestamp" => 0,
-        "icao24" => 1,
-        "callsign" => 2,
-        "origin_country" => 3,
-        "latitude" => 4,
-        "longitude" => 5,
-        "heading" => 6,
-        "on_ground" => 7,
-        "squawk" => 8,
-        "velocity_knots" => 9,
-        "altitude_ft" => 10,
-        "vertical_rate_fpm" => 11,
-        "flight_phase" => 12,
-        "seconds_since_previous" => 13,
-        "position_jump_km" => 14,
-        "speed_mismatch_knots" => 15,
-        "climb_mismatch_fpm" => 16,
-        "anomaly_score" => 17,
-        "is_anomaly" => 18,
-        _ => return None,
-    })
-}
-
 /// The fields [`ProcessedJson`] requires (the others are `Option`s): `timestamp`,
 /// `icao24`, `origin_country`, `on_ground`, `flight_phase`.
 const STATE_REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 7 | 1 << 12;
@@ -255,7 +229,7 @@ pub fn parse_state_fast(payload: &[u8]) -> Option<(i64, State)> {
     let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
     let mut s = State::default();
     let (mut micros, mut seen) = (0, 0u32);
-    c.object_keyed(&STATE_KEYS, state_field, |c, field| {
+    c.object_keyed(&STATE_KEYS, |c, field| {
         let Some(field) = field else {
             return c.skip_value(SKIP_DEPTH);
         };
@@ -628,13 +602,10 @@ mod tests {
     }
 
     #[test]
-    fn state_keys_are_the_lookups_in_the_processed_contracts_order() {
-        for (id, key) in STATE_KEYS.into_iter().enumerate() {
-            assert_eq!(state_field(key), Some(id as u32), "{key}");
-        }
+    fn state_keys_are_in_the_processed_contracts_order() {
         let contract: Vec<String> = crate::schema::processed_contract_columns()
             .into_iter()
-            .filter(|c| state_field(c).is_some())
+            .filter(|c| STATE_KEYS.contains(&c.as_str()))
             .collect();
         assert_eq!(contract, STATE_KEYS);
     }

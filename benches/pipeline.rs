@@ -11,6 +11,13 @@
 //! - `sql`: clean.sql + features.sql with the Isolation Forest UDF scoring every row
 //!   (plans made once, re-executed per batch, as the stage does);
 //! - `encode`: processed rows -> JSON payloads for `flight-processed-data`;
+//! - `window`: the state update of one source partition per batch: each processed row's
+//!   fix (the continuity the next batch's features read), its lateness against the
+//!   watermark (which it advances), `aggregate.sql` over the on-time rows, its partials
+//!   merged into the state, the windows the watermark closed as per-aircraft rows and
+//!   partials for the merger, expired aircraft dropped, and the changelog records of what
+//!   changed: consecutive batches of one stream (25 minutes of event time in all), so
+//!   10-minute windows open and close;
 //! - `live_store`: those payloads into the live store of `serve` and the demo's dashboard
 //!   (parsed back, each aircraft's track and the anomalies kept);
 //! - `archive/{snappy,lz4,zstd}`: processed rows -> the archive's Parquet files with each
@@ -30,17 +37,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMicrosecondType;
 use chrono::DateTime;
 use contrail::archive::{ArchiveCompression, ArchiveWriter, sync_folders};
 use contrail::bus::Message;
 use contrail::clock::SystemClock;
 use contrail::ingest::simulator::{Simulator, SimulatorConfig};
 use contrail::ingest::validate::validate;
-use contrail::pipeline::continuity::previous_table;
+use contrail::pipeline::continuity::{fixes, previous_table};
 use contrail::pipeline::decode::decode;
 use contrail::pipeline::encode::to_json_rows;
-use contrail::pipeline::sql::SqlPipeline;
+use contrail::pipeline::sql::{SqlPipeline, with_partition_column};
+use contrail::pipeline::window::{
+    PartitionState, aircraft_batch, partition_partials, read_partials,
+};
 use contrail::pipeline::{ProcessConfig, ProcessStats, Processor};
 use contrail::query::store::{Feed, LiveStore, StoreLimits};
 use contrail::udf::Scorer;
@@ -180,15 +192,21 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The processed rows of the whole stream; the first batch's for the one-batch stages.
     let mut p = rt.block_on(processor());
     p.keep_processed();
-    rt.block_on(p.process_all(first, &[])).unwrap();
-    let processed = p.take_processed().remove(0);
+    for batch in &batches {
+        rt.block_on(p.process_all(batch, &[])).unwrap();
+    }
+    let processed_stream = p.take_processed();
+    assert_eq!(processed_stream.len(), BATCHES);
+    let processed = &processed_stream[0];
     assert_eq!(processed.num_rows(), BATCH);
-    g.bench_function("encode", |b| b.iter(|| to_json_rows(&processed).unwrap()));
+    g.bench_function("encode", |b| b.iter(|| to_json_rows(processed).unwrap()));
+    g.bench_function("window", |b| window(b, &rt, &sql, &processed_stream));
 
     // The live store (`serve`, the demo's dashboard) taking the batch's processed records.
-    let rows = to_json_rows(&processed).unwrap();
+    let rows = to_json_rows(processed).unwrap();
     let store = LiveStore::new(StoreLimits::default());
     g.bench_function("live_store", |b| {
         b.iter(|| {
@@ -209,7 +227,7 @@ fn benches(c: &mut Criterion) {
         let mut bytes = 0;
         g.bench_function(&name, |b| {
             b.iter(|| {
-                let files = archive_as_six_sources(&archive, &processed);
+                let files = archive_as_six_sources(&archive, processed);
                 bytes = files.iter().map(|f| f.metadata().unwrap().len()).sum();
             })
         });
@@ -233,6 +251,66 @@ fn benches(c: &mut Criterion) {
 }
 
 const SMALL_BATCH: usize = 200;
+
+/// The partition-state update over consecutive processed batches of one partition, a fresh
+/// state every `BATCHES` batches; only the update is timed.
+fn window(
+    b: &mut criterion::Bencher,
+    rt: &tokio::runtime::Runtime,
+    sql: &SqlPipeline,
+    batches: &[RecordBatch],
+) {
+    let spec = config().window;
+    b.iter_custom(|iters| {
+        let mut spent = Duration::ZERO;
+        let mut done = 0;
+        let mut closed_windows = 0;
+        while done < iters {
+            let mut state = PartitionState::default();
+            for batch in batches
+                .iter()
+                .take((iters - done).min(BATCHES as u64) as usize)
+            {
+                let started = Instant::now();
+                for (_, icao24, fix) in fixes(batch).unwrap() {
+                    state.record_fix(icao24, fix);
+                }
+                let ts = batch
+                    .column_by_name("timestamp")
+                    .unwrap()
+                    .as_primitive::<TimestampMicrosecondType>();
+                let on_time: BooleanArray = ts
+                    .values()
+                    .iter()
+                    .map(|&t| Some(!state.observe(&spec, t)))
+                    .collect();
+                let records = filter_record_batch(batch, &on_time).unwrap();
+                let partitions = vec![0; records.num_rows()];
+                let partials = rt
+                    .block_on(
+                        sql.run_aggregate(with_partition_column(&records, &partitions).unwrap()),
+                    )
+                    .unwrap();
+                for bp in read_partials(&partials).unwrap() {
+                    state.add(bp.window_start, &bp.icao24, &bp.stats).unwrap();
+                }
+                let closed = state.close(&spec, false);
+                state.expire(&spec);
+                let rows = aircraft_batch(&spec, &closed).unwrap();
+                let merger_partials = partition_partials(&closed).unwrap();
+                let changelog = state.changelog("changelog", 0).unwrap();
+                spent += started.elapsed();
+                assert!(!changelog.is_empty());
+                closed_windows += rows.num_rows();
+                std::hint::black_box((rows, merger_partials));
+                done += 1;
+            }
+        }
+        // Windows must close for the benchmark to time what it says.
+        assert!(iters < BATCHES as u64 || closed_windows > 0);
+        spent
+    })
+}
 
 /// The whole stage over consecutive batches of one stream, a fresh processor every
 /// `BATCHES` batches; only `process_all` is timed.

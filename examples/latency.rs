@@ -29,7 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "latest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        // A fetch returns as soon as committed records are there; the wait only bounds an
+        // empty one. 5 ms made the probe itself cost the broker 0.08-0.16 of the two cores
+        // at 20k records/s (2026-12-02, benches/REPORT.md, fourteenth round).
+        .set("fetch.wait.max.ms", "100")
         .create()?;
     consumer.subscribe(&[topic.as_str()])?;
     let started = Instant::now();

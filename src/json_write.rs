@@ -14,6 +14,13 @@ pub(crate) fn write_lexical<N: ToLexical>(buf: &mut Vec<u8>, value: N) {
     buf.truncate(start + written);
 }
 
+/// A finite float as serde_json writes it (the shortest text that reads back as the same
+/// value, by Żmij: `0.1`, `1.0`, `1e-7`, `1.5e+20`); what ingest's records carry. Faster
+/// than lexical-core: `stage/encode` 21.7-22.1 ms per 20,000 rows against 24.3-24.9.
+pub(crate) fn write_float<F: zmij::Float>(buf: &mut Vec<u8>, value: F) {
+    buf.extend_from_slice(zmij::Buffer::new().format_finite(value).as_bytes());
+}
+
 /// A JSON string, escaped as serde_json (and so arrow-json) escapes it.
 pub(crate) fn write_str(buf: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::json_cursor::{Cursor, timestamp_parts};
-use crate::json_write::{write_lexical, write_rfc3339, write_str};
+use crate::json_write::{write_float, write_lexical, write_rfc3339, write_str};
 use crate::schema::RAW_KEYS;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,10 +198,14 @@ fn boolean(buf: &mut Vec<u8>, value: bool) {
     buf.extend_from_slice(if value { b"true" } else { b"false" });
 }
 
-/// As serde_json writes an `f64` (the shortest text that reads back the same; `null` when
-/// not finite): its own writer, so the two cannot differ.
+/// As serde_json writes an `f64`: the shortest text that reads back the same, by the same
+/// formatter (Żmij) serde_json uses; `null` when not finite. `tests/fuzz.rs` checks.
 fn float(buf: &mut Vec<u8>, value: f64) {
-    serde_json::to_writer(buf, &value).expect("writing to a Vec");
+    if value.is_finite() {
+        write_float(buf, value);
+    } else {
+        buf.extend_from_slice(b"null");
+    }
 }
 
 fn timestamp(buf: &mut Vec<u8>, t: &DateTime<Utc>) {

@@ -1,7 +1,7 @@
 //! Writers of JSON text for the hot paths' hand-written encoders (the processed records'
-//! row encoder, ingest's raw records): strings escaped as serde_json escapes them, numbers
-//! by lexical-core, UTC timestamps as RFC 3339 by hand. The other half of
-//! [`crate::json_cursor`].
+//! row encoder, ingest's raw records): strings escaped as serde_json escapes them, integers
+//! by lexical-core, floats by Żmij as serde_json writes them, UTC timestamps as RFC 3339 by
+//! hand. The other half of [`crate::json_cursor`].
 
 use lexical_core::{FormattedSize, ToLexical};
 

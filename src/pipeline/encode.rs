@@ -6,8 +6,8 @@
 //! into one buffer (each row's payload is a slice of it), keys escaped once per batch, integers
 //! by lexical-core, floats by Żmij as serde_json writes them, timestamps as RFC 3339 by hand:
 //! the values arrow-json writes, byte for byte but for the floats' exponents (`1e-7`, `1e+16`
-//! where arrow-json writes `1.0e-7`, `1.0e16`; the same `f64` read back). A batch with any other column type (a user's features.sql may add one) goes through
-//! arrow-json's writer instead.
+//! where arrow-json writes `1.0e-7`, `1.0e16`; the same `f64` read back). A batch with any
+//! other column type (a user's features.sql may add one) goes through arrow-json's writer.
 
 use arrow::array::{
     Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericListArray, GenericStringArray,

@@ -395,22 +395,19 @@ mod tests {
         RecordBatch::try_from_iter(columns).unwrap()
     }
 
-    /// The row encoder against arrow-json's writer: the same values in every row; the same
-    /// bytes for every column but the floats; each float as serde_json writes it.
+    /// The row encoder against arrow-json's writer: every column but the floats byte for
+    /// byte; each float as serde_json writes it, which reads back as the same value.
+    /// (Not arrow-json's float text: where two shortest texts read back as the same value
+    /// the two formatters can pick differently; `-215128600.0` and `-215128610.0` are the
+    /// same `f32`.)
     fn assert_same_as_arrow_json(batch: &RecordBatch) {
         assert!(columns(batch).is_some(), "the row encoder takes this batch");
-        let ours = to_json_rows(batch).unwrap();
-        let theirs = with_arrow_json(batch).unwrap();
-        assert_eq!(ours.len(), theirs.len());
-        assert_eq!(ours.len(), batch.num_rows());
+        let whole = to_json_rows(batch).unwrap();
+        assert_eq!(whole.len(), batch.num_rows());
         // Rows handed out as shared buffers are the same bytes.
-        let payloads: Vec<Bytes> = ours.clone().into_payloads().collect();
-        assert_eq!(payloads.len(), ours.len());
-        assert!(payloads.iter().zip(ours.iter()).all(|(p, r)| p == r));
-        for (a, b) in ours.iter().zip(theirs.iter()) {
-            let value = |row: &[u8]| serde_json::from_slice::<serde_json::Value>(row).unwrap();
-            assert_eq!(value(a), value(b), "{}", String::from_utf8_lossy(a));
-        }
+        let payloads: Vec<Bytes> = whole.clone().into_payloads().collect();
+        assert_eq!(payloads.len(), whole.len());
+        assert!(payloads.iter().zip(whole.iter()).all(|(p, r)| p == r));
         let schema = batch.schema();
         let is_float = |t: &DataType| matches!(t, DataType::Float32 | DataType::Float64);
         let others: Vec<usize> = (0..batch.num_columns())
@@ -426,29 +423,53 @@ mod tests {
                 "row encoder vs arrow-json"
             );
         }
+        /// Each value of a float column as serde_json writes it, checked to read back as
+        /// the same value (`null` for none or a non-finite one).
+        fn serde_texts<T: ArrowPrimitiveType>(array: &dyn Array) -> Vec<String>
+        where
+            T::Native: serde::Serialize + std::str::FromStr + Finite + std::fmt::Debug,
+        {
+            let values = array.as_primitive::<T>().iter();
+            values
+                .map(|v| {
+                    let text = serde_json::to_string(&v).unwrap();
+                    match v {
+                        Some(v) if v.finite() => {
+                            let back = text.parse::<T::Native>().ok();
+                            assert_eq!(back, Some(v), "{text}");
+                        }
+                        _ => assert_eq!(text, "null"),
+                    }
+                    text
+                })
+                .collect()
+        }
+        let mut float_texts = Vec::new();
         for (i, field) in schema.fields().iter().enumerate() {
-            let serde: Vec<String> = match field.data_type() {
-                DataType::Float64 => batch
-                    .column(i)
-                    .as_primitive::<Float64Type>()
-                    .iter()
-                    .map(|v| serde_json::to_string(&v).unwrap())
-                    .collect(),
-                DataType::Float32 => batch
-                    .column(i)
-                    .as_primitive::<Float32Type>()
-                    .iter()
-                    .map(|v| serde_json::to_string(&v).unwrap())
-                    .collect(),
+            let serde = match field.data_type() {
+                DataType::Float64 => serde_texts::<Float64Type>(batch.column(i)),
+                DataType::Float32 => serde_texts::<Float32Type>(batch.column(i)),
                 _ => continue,
             };
             let rows = to_json_rows(&batch.project(&[i]).unwrap()).unwrap();
             let mut key = Vec::new();
             write_str(&mut key, field.name());
-            for (row, text) in rows.iter().zip(serde) {
+            for (row, text) in rows.iter().zip(&serde) {
                 let expected = format!("{{{}:{text}}}", String::from_utf8(key.clone()).unwrap());
                 assert_eq!(String::from_utf8_lossy(row), expected);
             }
+            float_texts.push((field.name(), serde));
+        }
+        // Whole rows: arrow-json's values with serde_json's floats.
+        let theirs = with_arrow_json(batch).unwrap();
+        assert_eq!(theirs.len(), whole.len());
+        let value = |row: &[u8]| serde_json::from_slice::<serde_json::Value>(row).unwrap();
+        for (row, (a, b)) in whole.iter().zip(theirs.iter()).enumerate() {
+            let mut expected = value(b);
+            for (name, texts) in &float_texts {
+                expected[name.as_str()] = serde_json::from_str(&texts[row]).unwrap();
+            }
+            assert_eq!(value(a), expected, "{}", String::from_utf8_lossy(a));
         }
     }
 

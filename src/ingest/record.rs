@@ -68,7 +68,7 @@ impl RawRecord {
             (b",\"heading\":", self.heading),
         ] {
             buf.extend_from_slice(key);
-            nullable(&mut buf, value, float);
+            nullable(&mut buf, value, write_float);
         }
         buf.extend_from_slice(b",\"on_ground\":");
         boolean(&mut buf, self.on_ground);
@@ -196,16 +196,6 @@ fn nullable<T>(buf: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<
 
 fn boolean(buf: &mut Vec<u8>, value: bool) {
     buf.extend_from_slice(if value { b"true" } else { b"false" });
-}
-
-/// As serde_json writes an `f64`: the shortest text that reads back the same, by the same
-/// formatter (Żmij) serde_json uses; `null` when not finite. `tests/fuzz.rs` checks.
-fn float(buf: &mut Vec<u8>, value: f64) {
-    if value.is_finite() {
-        write_float(buf, value);
-    } else {
-        buf.extend_from_slice(b"null");
-    }
 }
 
 fn timestamp(buf: &mut Vec<u8>, t: &DateTime<Utc>) {

@@ -4,10 +4,11 @@
 //! The columns the processed contract uses (strings, integers, floats, booleans, UTC
 //! timestamps, lists of those) are written by a row encoder made for this: all rows of a batch
 //! into one buffer (each row's payload is a slice of it), keys escaped once per batch, integers
-//! by lexical-core, floats by Żmij as serde_json writes them, timestamps as RFC 3339 by hand:
-//! the values arrow-json writes, byte for byte but for the floats' exponents (`1e-7`, `1e+16`
-//! where arrow-json writes `1.0e-7`, `1.0e16`; the same `f64` read back). A batch with any
-//! other column type (a user's features.sql may add one) goes through arrow-json's writer.
+//! by lexical-core, floats as serde_json writes them, timestamps as RFC 3339 by hand: what
+//! arrow-json writes, byte for byte but for the floats, whose text reads back as the same
+//! value but is not always spelled as arrow-json spells it (`1e-7` for `1.0e-7`). A batch
+//! with any other column type (a user's features.sql may add one) goes through arrow-json's
+//! writer.
 
 use arrow::array::{
     Array, ArrowPrimitiveType, AsArray, BooleanArray, GenericListArray, GenericStringArray,
@@ -23,7 +24,7 @@ use chrono::{DateTime, SecondsFormat};
 use lexical_core::ToLexical;
 
 use crate::error::Result;
-use crate::json_write::{write_float, write_lexical, write_rfc3339, write_str};
+use crate::json_write::{Float, write_float, write_lexical, write_rfc3339, write_str};
 
 /// Encodes each row of `batch` as one JSON object.
 pub fn to_json_rows(batch: &RecordBatch) -> Result<JsonRows> {
@@ -258,30 +259,9 @@ where
 fn float<T>(array: &PrimitiveArray<T>, row: usize, buf: &mut Vec<u8>)
 where
     T: ArrowPrimitiveType,
-    T::Native: zmij::Float + Finite,
+    T::Native: Float,
 {
-    let v = array.value(row);
-    if array.is_null(row) || !v.finite() {
-        buf.extend_from_slice(b"null");
-    } else {
-        write_float(buf, v);
-    }
-}
-
-trait Finite: Copy {
-    fn finite(self) -> bool;
-}
-
-impl Finite for f32 {
-    fn finite(self) -> bool {
-        self.is_finite()
-    }
-}
-
-impl Finite for f64 {
-    fn finite(self) -> bool {
-        self.is_finite()
-    }
+    nullable(array, row, buf, |b| write_float(b, array.value(row)));
 }
 
 /// Microseconds since the epoch as RFC 3339 in UTC (see [`write_rfc3339`]).
@@ -427,14 +407,14 @@ mod tests {
         /// the same value (`null` for none or a non-finite one).
         fn serde_texts<T: ArrowPrimitiveType>(array: &dyn Array) -> Vec<String>
         where
-            T::Native: serde::Serialize + std::str::FromStr + Finite + std::fmt::Debug,
+            T::Native: serde::Serialize + std::str::FromStr + Float + std::fmt::Debug,
         {
             let values = array.as_primitive::<T>().iter();
             values
                 .map(|v| {
                     let text = serde_json::to_string(&v).unwrap();
                     match v {
-                        Some(v) if v.finite() => {
+                        Some(v) if v.is_finite() => {
                             let back = text.parse::<T::Native>().ok();
                             assert_eq!(back, Some(v), "{text}");
                         }
@@ -452,11 +432,9 @@ mod tests {
                 _ => continue,
             };
             let rows = to_json_rows(&batch.project(&[i]).unwrap()).unwrap();
-            let mut key = Vec::new();
-            write_str(&mut key, field.name());
+            let key = serde_json::to_string(field.name()).unwrap();
             for (row, text) in rows.iter().zip(&serde) {
-                let expected = format!("{{{}:{text}}}", String::from_utf8(key.clone()).unwrap());
-                assert_eq!(String::from_utf8_lossy(row), expected);
+                assert_eq!(String::from_utf8_lossy(row), format!("{{{key}:{text}}}"));
             }
             float_texts.push((field.name(), serde));
         }

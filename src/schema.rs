@@ -111,13 +111,15 @@ pub const PROCESSING_TIMESTAMP: &str = "processing_timestamp";
 
 /// Every column a `flight-processed-data` record must carry, in contract order.
 pub fn processed_contract_columns() -> Vec<String> {
-    RAW_SCHEMA
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .chain(PROCESSED_FEATURES.iter().map(|s| s.to_string()))
-        .chain(std::iter::once(PROCESSING_TIMESTAMP.to_string()))
-        .collect()
+    processed_contract_keys().map(str::to_owned).collect()
+}
+
+/// [`processed_contract_columns`] as static strings.
+pub(crate) fn processed_contract_keys() -> impl Iterator<Item = &'static str> {
+    RAW_KEYS
+        .into_iter()
+        .chain(PROCESSED_FEATURES.iter().copied())
+        .chain(std::iter::once(PROCESSING_TIMESTAMP))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::query::proto::{State, Window};
-use crate::query::store::{Activity, LiveStore, micros};
+use crate::query::store::{Activity, LiveStore, Report, micros};
 
 /// Seconds of event time behind `events_per_s`.
 pub const RATE_SECONDS: i64 = 60;
@@ -223,30 +223,40 @@ pub fn signal(s: &State) -> &'static str {
     }
 }
 
-fn aircraft_item(track: &VecDeque<State>) -> Option<AircraftItem> {
+fn aircraft_item(icao24: &str, track: &VecDeque<Report>) -> Option<AircraftItem> {
     let s = track.back()?;
+    let r = &s.readings;
     Some(AircraftItem {
-        icao24: s.icao24.clone(),
-        callsign: s.callsign.clone().filter(|c| !c.is_empty()),
-        country: s.origin_country.clone(),
-        time: rfc3339(state_micros(s)),
-        latitude: s.latitude,
-        longitude: s.longitude,
-        altitude_ft: s.altitude_ft.map(|v| round(v, 0)),
-        speed_knots: s.velocity_knots.map(|v| round(v, 1)),
-        vertical_rate_fpm: s.vertical_rate_fpm.map(|v| round(v, 0)),
-        heading: s.heading.map(|v| round(v, 1)),
+        icao24: icao24.to_owned(),
+        callsign: s
+            .callsign
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned),
+        country: s.origin_country.to_string(),
+        time: rfc3339(s.micros),
+        latitude: r.latitude,
+        longitude: r.longitude,
+        altitude_ft: r.altitude_ft.map(|v| round(v, 0)),
+        speed_knots: r.velocity_knots.map(|v| round(v, 1)),
+        vertical_rate_fpm: r.vertical_rate_fpm.map(|v| round(v, 0)),
+        heading: r.heading.map(|v| round(v, 1)),
         on_ground: s.on_ground,
-        squawk: s.squawk.clone(),
+        squawk: s.squawk.as_deref().map(str::to_owned),
         emergency: emergency(s.squawk.as_deref()),
-        phase: s.flight_phase.clone(),
-        score: s.anomaly_score.map(|v| round(v, 4)),
+        phase: s.flight_phase.to_string(),
+        score: r.anomaly_score.map(|v| round(v, 4)),
         anomaly: s.is_anomaly,
         recent_anomaly: track.iter().any(|t| t.is_anomaly),
         trail: track
             .iter()
             .skip(track.len().saturating_sub(TRAIL_POINTS))
-            .filter_map(|t| Some([round(t.latitude?, 4), round(t.longitude?, 4)]))
+            .filter_map(|t| {
+                Some([
+                    round(t.readings.latitude?, 4),
+                    round(t.readings.longitude?, 4),
+                ])
+            })
             .collect(),
     })
 }
@@ -297,16 +307,20 @@ impl Filter {
 
 /// The aircraft's latest report time and map item, when that report is at or after
 /// `cutoff` (the aircraft is tracked).
-fn tracked_item(track: &VecDeque<State>, cutoff: i64) -> Option<(i64, AircraftItem)> {
-    let at = state_micros(track.back()?);
-    (at >= cutoff).then(|| Some((at, aircraft_item(track)?)))?
+fn tracked_item(
+    icao24: &str,
+    track: &VecDeque<Report>,
+    cutoff: i64,
+) -> Option<(i64, AircraftItem)> {
+    let at = track.back()?.micros;
+    (at >= cutoff).then(|| Some((at, aircraft_item(icao24, track)?)))?
 }
 
 /// The tracked aircraft (newest report first; ties by icao24) as map items.
-fn tracked(aircraft: &HashMap<String, VecDeque<State>>, cutoff: i64) -> Vec<(i64, AircraftItem)> {
+fn tracked(aircraft: &HashMap<String, VecDeque<Report>>, cutoff: i64) -> Vec<(i64, AircraftItem)> {
     let mut items: Vec<(i64, AircraftItem)> = aircraft
-        .values()
-        .filter_map(|t| tracked_item(t, cutoff))
+        .iter()
+        .filter_map(|(icao24, t)| tracked_item(icao24, t, cutoff))
         .collect();
     items.sort_by(|(a, x), (b, y)| b.cmp(a).then_with(|| x.icao24.cmp(&y.icao24)));
     items
@@ -400,7 +414,7 @@ impl View<'_> {
     pub fn tracked_aircraft(&self, icao24: &str) -> Option<AircraftItem> {
         let cutoff = self.cutoff(self.store.newest()?);
         self.store
-            .with_aircraft(|a| tracked_item(a.get(icao24)?, cutoff))
+            .with_aircraft(|a| tracked_item(icao24, a.get(icao24)?, cutoff))
             .map(|(_, item)| item)
     }
 

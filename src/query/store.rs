@@ -7,8 +7,8 @@
 //! anomalies and windows are also broadcast to `Watch*` subscribers.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
@@ -51,7 +51,7 @@ pub enum Feed {
 
 #[derive(Default)]
 struct Inner {
-    aircraft: HashMap<String, VecDeque<State>>,
+    aircraft: HashMap<String, VecDeque<Report>>,
     anomalies: VecDeque<State>,
     windows: BTreeMap<i64, Window>,
     aircraft_windows: BTreeMap<(i64, String), AircraftWindow>,
@@ -108,6 +108,124 @@ fn ts(d: &DateTime<Utc>) -> Timestamp {
     timestamp(d.timestamp_micros())
 }
 
+/// A processed record's numbers the store keeps (`None`: null in the record).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Readings {
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub heading: Option<f64>,
+    pub velocity_knots: Option<f64>,
+    pub altitude_ft: Option<f64>,
+    pub vertical_rate_fpm: Option<f64>,
+    pub seconds_since_previous: Option<f64>,
+    pub position_jump_km: Option<f64>,
+    pub speed_mismatch_knots: Option<f64>,
+    pub climb_mismatch_fpm: Option<f64>,
+    pub anomaly_score: Option<f64>,
+}
+
+/// One report of an aircraft's track as the store holds it: the processed state but its
+/// icao24 (the track's key). Its strings are shared with the aircraft's previous report
+/// when they are the same (a callsign, a squawk, a country, a flight phase rarely change
+/// from one report to the next), so taking in a report of a known aircraft allocates
+/// nothing in the common case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Event time, microseconds since the epoch.
+    pub micros: i64,
+    pub callsign: Option<Arc<str>>,
+    pub origin_country: Arc<str>,
+    pub squawk: Option<Arc<str>>,
+    pub flight_phase: Arc<str>,
+    pub on_ground: bool,
+    pub is_anomaly: bool,
+    pub readings: Readings,
+}
+
+impl Report {
+    /// The report as the gRPC API's state of aircraft `icao24`.
+    pub fn state(&self, icao24: &str) -> State {
+        StateRef {
+            micros: self.micros,
+            icao24,
+            callsign: self.callsign.as_deref(),
+            origin_country: &self.origin_country,
+            squawk: self.squawk.as_deref(),
+            flight_phase: &self.flight_phase,
+            on_ground: self.on_ground,
+            is_anomaly: self.is_anomaly,
+            readings: self.readings,
+        }
+        .state()
+    }
+}
+
+/// A processed record's payload as read, its strings borrowed from the payload (or from
+/// serde_json's reading of it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct StateRef<'a> {
+    micros: i64,
+    icao24: &'a str,
+    /// Trimmed.
+    callsign: Option<&'a str>,
+    origin_country: &'a str,
+    squawk: Option<&'a str>,
+    flight_phase: &'a str,
+    on_ground: bool,
+    is_anomaly: bool,
+    readings: Readings,
+}
+
+impl StateRef<'_> {
+    fn state(&self) -> State {
+        let r = &self.readings;
+        State {
+            timestamp: Some(timestamp(self.micros)),
+            icao24: self.icao24.to_owned(),
+            callsign: self.callsign.map(str::to_owned),
+            origin_country: self.origin_country.to_owned(),
+            latitude: r.latitude,
+            longitude: r.longitude,
+            velocity_knots: r.velocity_knots,
+            altitude_ft: r.altitude_ft,
+            vertical_rate_fpm: r.vertical_rate_fpm,
+            heading: r.heading,
+            on_ground: self.on_ground,
+            squawk: self.squawk.map(str::to_owned),
+            flight_phase: self.flight_phase.to_owned(),
+            anomaly_score: r.anomaly_score,
+            is_anomaly: self.is_anomaly,
+            speed_mismatch_knots: r.speed_mismatch_knots,
+            climb_mismatch_fpm: r.climb_mismatch_fpm,
+            position_jump_km: r.position_jump_km,
+            seconds_since_previous: r.seconds_since_previous,
+        }
+    }
+
+    /// The report to hold, its strings shared with `previous`'s where they are equal.
+    fn report(&self, previous: Option<&Report>) -> Report {
+        fn share(previous: Option<&Arc<str>>, s: &str) -> Arc<str> {
+            match previous {
+                Some(p) if **p == *s => Arc::clone(p),
+                _ => Arc::from(s),
+            }
+        }
+        let share_opt = |previous: Option<&Option<Arc<str>>>, s: Option<&str>| {
+            s.map(|s| share(previous.and_then(Option::as_ref), s))
+        };
+        Report {
+            micros: self.micros,
+            callsign: share_opt(previous.map(|p| &p.callsign), self.callsign),
+            origin_country: share(previous.map(|p| &p.origin_country), self.origin_country),
+            squawk: share_opt(previous.map(|p| &p.squawk), self.squawk),
+            flight_phase: share(previous.map(|p| &p.flight_phase), self.flight_phase),
+            on_ground: self.on_ground,
+            is_anomaly: self.is_anomaly,
+            readings: self.readings,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct ProcessedJson {
     timestamp: DateTime<Utc>,
@@ -150,7 +268,7 @@ struct WindowJson {
     avg_anomaly_score: Option<f64>,
 }
 
-/// A processed record's payload as the store keeps it: its event time (microseconds) and
+/// A processed record's payload as the store reads it: its event time (microseconds) and
 /// its state. Payloads written the way the pipeline writes them go through a hand-written
 /// parser; anything else (escapes, other time zones, a duplicate key, a missing field, ...)
 /// through serde_json, which reads it or says what is wrong. Both give the same state for
@@ -166,34 +284,45 @@ pub fn parse_state(payload: &[u8]) -> Result<(i64, State), String> {
 /// [`parse_state`] by serde_json alone (the reference the fast parser is tested against).
 #[doc(hidden)]
 pub fn parse_state_with_serde(payload: &[u8]) -> Result<(i64, State), String> {
-    let r: ProcessedJson = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
-    let state = State {
-        timestamp: Some(ts(&r.timestamp)),
-        icao24: r.icao24,
-        callsign: r.callsign.map(|c| c.trim().to_string()),
-        origin_country: r.origin_country,
-        latitude: r.latitude,
-        longitude: r.longitude,
-        velocity_knots: r.velocity_knots,
-        altitude_ft: r.altitude_ft,
-        vertical_rate_fpm: r.vertical_rate_fpm,
-        heading: r.heading,
-        on_ground: r.on_ground,
-        squawk: r.squawk,
-        flight_phase: r.flight_phase,
-        anomaly_score: r.anomaly_score,
-        is_anomaly: r.is_anomaly.unwrap_or(false),
-        speed_mismatch_knots: r.speed_mismatch_knots,
-        climb_mismatch_fpm: r.climb_mismatch_fpm,
-        position_jump_km: r.position_jump_km,
-        seconds_since_previous: r.seconds_since_previous,
-    };
+    let r = read_with_serde(payload)?;
+    let state = r.state_ref().state();
     Ok((r.timestamp.timestamp_micros(), state))
 }
 
-/// The processed record's keys the live store reads, in the order the default SQL's
-/// records hold them (the processed contract's); the others are skipped. A key's position
-/// here is its field id.
+fn read_with_serde(payload: &[u8]) -> Result<ProcessedJson, String> {
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
+
+impl ProcessedJson {
+    fn state_ref(&self) -> StateRef<'_> {
+        StateRef {
+            micros: self.timestamp.timestamp_micros(),
+            icao24: &self.icao24,
+            callsign: self.callsign.as_deref().map(str::trim),
+            origin_country: &self.origin_country,
+            squawk: self.squawk.as_deref(),
+            flight_phase: &self.flight_phase,
+            on_ground: self.on_ground,
+            is_anomaly: self.is_anomaly.unwrap_or(false),
+            readings: Readings {
+                latitude: self.latitude,
+                longitude: self.longitude,
+                heading: self.heading,
+                velocity_knots: self.velocity_knots,
+                altitude_ft: self.altitude_ft,
+                vertical_rate_fpm: self.vertical_rate_fpm,
+                seconds_since_previous: self.seconds_since_previous,
+                position_jump_km: self.position_jump_km,
+                speed_mismatch_knots: self.speed_mismatch_knots,
+                climb_mismatch_fpm: self.climb_mismatch_fpm,
+                anomaly_score: self.anomaly_score,
+            },
+        }
+    }
+}
+
+/// The processed record's keys the live store reads; the others are skipped. A key's
+/// position here is its field id.
 const STATE_KEYS: [&str; 19] = [
     "timestamp",
     "icao24",
@@ -220,17 +349,51 @@ const STATE_KEYS: [&str; 19] = [
 /// `icao24`, `origin_country`, `on_ground`, `flight_phase`.
 const STATE_REQUIRED: u32 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 7 | 1 << 12;
 
+/// The keys of a processed record as the default SQL's records hold them (the processed
+/// contract's columns, in order), each with its field id in [`STATE_KEYS`] if the store
+/// reads it. The parser compares each key of a record with the one the contract puts next,
+/// so the keys of such a record, read or skipped, are matched without a lookup.
+struct ProcessedKeys {
+    keys: Vec<&'static str>,
+    field: Vec<Option<u32>>,
+}
+
+static PROCESSED_KEYS: LazyLock<ProcessedKeys> = LazyLock::new(|| {
+    let keys: Vec<&'static str> = crate::schema::processed_contract_keys().collect();
+    let field = keys
+        .iter()
+        .map(|k| STATE_KEYS.iter().position(|s| s == k).map(|p| p as u32))
+        .collect();
+    ProcessedKeys { keys, field }
+});
+
 /// How deep skipped values may nest (serde_json allows 128).
 const SKIP_DEPTH: u32 = 32;
 
 /// [`parse_state`]'s hand-written parser alone: `None` for what it leaves to serde_json.
 #[doc(hidden)]
 pub fn parse_state_fast(payload: &[u8]) -> Option<(i64, State)> {
+    read_fast(payload).map(|r| (r.micros, r.state()))
+}
+
+fn read_fast(payload: &[u8]) -> Option<StateRef<'_>> {
     let mut c = Cursor::new(std::str::from_utf8(payload).ok()?);
-    let mut s = State::default();
-    let (mut micros, mut seen) = (0, 0u32);
-    c.object_keyed(&STATE_KEYS, |c, field| {
-        let Some(field) = field else {
+    let mut s = StateRef {
+        micros: 0,
+        icao24: "",
+        callsign: None,
+        origin_country: "",
+        squawk: None,
+        flight_phase: "",
+        on_ground: false,
+        is_anomaly: false,
+        readings: Readings::default(),
+    };
+    let r = &mut s.readings;
+    let mut seen = 0u32;
+    let table = &*PROCESSED_KEYS;
+    c.object_keyed(&table.keys, |c, key| {
+        let Some(field) = key.and_then(|k| table.field[k as usize]) else {
             return c.skip_value(SKIP_DEPTH);
         };
         if seen & (1 << field) != 0 {
@@ -239,33 +402,29 @@ pub fn parse_state_fast(payload: &[u8]) -> Option<(i64, State)> {
         seen |= 1 << field;
         let num = Cursor::f64;
         match field {
-            0 => micros = c.timestamp()?,
-            1 => s.icao24 = c.string()?.to_owned(),
-            2 => s.callsign = c.nullable(Cursor::string)?.map(|v| v.trim().to_owned()),
-            3 => s.origin_country = c.string()?.to_owned(),
-            4 => s.latitude = c.nullable(num)?,
-            5 => s.longitude = c.nullable(num)?,
-            6 => s.heading = c.nullable(num)?,
+            0 => s.micros = c.timestamp()?,
+            1 => s.icao24 = c.string()?,
+            2 => s.callsign = c.nullable(Cursor::string)?.map(str::trim),
+            3 => s.origin_country = c.string()?,
+            4 => r.latitude = c.nullable(num)?,
+            5 => r.longitude = c.nullable(num)?,
+            6 => r.heading = c.nullable(num)?,
             7 => s.on_ground = c.bool()?,
-            8 => s.squawk = c.nullable(Cursor::string)?.map(str::to_owned),
-            9 => s.velocity_knots = c.nullable(num)?,
-            10 => s.altitude_ft = c.nullable(num)?,
-            11 => s.vertical_rate_fpm = c.nullable(num)?,
-            12 => s.flight_phase = c.string()?.to_owned(),
-            13 => s.seconds_since_previous = c.nullable(num)?,
-            14 => s.position_jump_km = c.nullable(num)?,
-            15 => s.speed_mismatch_knots = c.nullable(num)?,
-            16 => s.climb_mismatch_fpm = c.nullable(num)?,
-            17 => s.anomaly_score = c.nullable(num)?,
+            8 => s.squawk = c.nullable(Cursor::string)?,
+            9 => r.velocity_knots = c.nullable(num)?,
+            10 => r.altitude_ft = c.nullable(num)?,
+            11 => r.vertical_rate_fpm = c.nullable(num)?,
+            12 => s.flight_phase = c.string()?,
+            13 => r.seconds_since_previous = c.nullable(num)?,
+            14 => r.position_jump_km = c.nullable(num)?,
+            15 => r.speed_mismatch_knots = c.nullable(num)?,
+            16 => r.climb_mismatch_fpm = c.nullable(num)?,
+            17 => r.anomaly_score = c.nullable(num)?,
             _ => s.is_anomaly = c.nullable(Cursor::bool)?.unwrap_or(false),
         }
         Some(())
     })?;
-    if seen & STATE_REQUIRED != STATE_REQUIRED {
-        return None;
-    }
-    s.timestamp = Some(timestamp(micros));
-    Some((micros, s))
+    (seen & STATE_REQUIRED == STATE_REQUIRED).then_some(s)
 }
 
 impl LiveStore {
@@ -319,7 +478,15 @@ impl LiveStore {
     }
 
     fn add_state(&self, payload: &[u8]) -> Result<(), String> {
-        let (event_micros, state) = parse_state(payload)?;
+        let slow;
+        let state = match read_fast(payload) {
+            Some(s) => s,
+            None => {
+                slow = read_with_serde(payload)?;
+                slow.state_ref()
+            }
+        };
+        let event_micros = state.micros;
         let mut inner = self.inner.write().expect("store lock");
         let newest = inner.newest.map_or(event_micros, |n| n.max(event_micros));
         inner.newest = Some(newest);
@@ -343,24 +510,25 @@ impl LiveStore {
         self.last_received
             .store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
         if state.is_anomaly {
+            let anomaly = state.state();
             if inner.anomalies.len() >= self.limits.max_anomalies {
                 inner.anomalies.pop_front();
             }
-            inner.anomalies.push_back(state.clone());
+            inner.anomalies.push_back(anomaly.clone());
             // No subscriber is not an error.
-            let _ = self.anomalies_tx.send(state.clone());
+            let _ = self.anomalies_tx.send(anomaly);
         }
         let track_points = self.limits.track_points.max(1);
-        if let Some(track) = inner.aircraft.get_mut(&state.icao24) {
+        if let Some(track) = inner.aircraft.get_mut(state.icao24) {
+            let report = state.report(track.back());
             if track.len() >= track_points {
                 track.pop_front();
             }
-            track.push_back(state);
+            track.push_back(report);
         } else {
             let mut track = VecDeque::with_capacity(track_points.min(16));
-            let icao24 = state.icao24.clone();
-            track.push_back(state);
-            inner.aircraft.insert(icao24, track);
+            track.push_back(state.report(None));
+            inner.aircraft.insert(state.icao24.to_owned(), track);
         }
         if inner.aircraft.len() > self.limits.max_aircraft + self.limits.max_aircraft / 10 {
             evict_least_recent(&mut inner.aircraft, self.limits.max_aircraft);
@@ -490,13 +658,17 @@ impl LiveStore {
         inner
             .aircraft
             .get(icao24)
-            .map(|t| t.iter().cloned().collect())
+            .map(|t| t.iter().map(|r| r.state(icao24)).collect())
     }
 
     /// Every state held (for `Query` when there is no archive).
     pub fn all_states(&self) -> Vec<State> {
         let inner = self.inner.read().expect("store lock");
-        inner.aircraft.values().flatten().cloned().collect()
+        inner
+            .aircraft
+            .iter()
+            .flat_map(|(icao24, t)| t.iter().map(|r| r.state(icao24)))
+            .collect()
     }
 
     pub fn all_windows(&self) -> Vec<Window> {
@@ -509,8 +681,8 @@ impl LiveStore {
         inner.aircraft_windows.values().cloned().collect()
     }
 
-    /// Reads the aircraft (icao24 -> recent states, oldest first) under the store's lock.
-    pub fn with_aircraft<R>(&self, f: impl FnOnce(&HashMap<String, VecDeque<State>>) -> R) -> R {
+    /// Reads the aircraft (icao24 -> recent reports, oldest first) under the store's lock.
+    pub fn with_aircraft<R>(&self, f: impl FnOnce(&HashMap<String, VecDeque<Report>>) -> R) -> R {
         f(&self.inner.read().expect("store lock").aircraft)
     }
 
@@ -546,16 +718,12 @@ impl LiveStore {
     }
 }
 
-fn latest_micros(track: &VecDeque<State>) -> i64 {
-    track
-        .back()
-        .and_then(|s| s.timestamp.as_ref())
-        .and_then(micros)
-        .unwrap_or(i64::MIN)
+fn latest_micros(track: &VecDeque<Report>) -> i64 {
+    track.back().map_or(i64::MIN, |r| r.micros)
 }
 
 /// Keeps the `keep` most recently seen aircraft.
-fn evict_least_recent(aircraft: &mut HashMap<String, VecDeque<State>>, keep: usize) {
+fn evict_least_recent(aircraft: &mut HashMap<String, VecDeque<Report>>, keep: usize) {
     let mut seen: Vec<i64> = aircraft.values().map(latest_micros).collect();
     let cut = seen.len() - keep;
     let (_, nth, _) = seen.select_nth_unstable(cut);
@@ -602,12 +770,12 @@ mod tests {
     }
 
     #[test]
-    fn state_keys_are_in_the_processed_contracts_order() {
-        let contract: Vec<String> = crate::schema::processed_contract_columns()
-            .into_iter()
-            .filter(|c| STATE_KEYS.contains(&c.as_str()))
-            .collect();
-        assert_eq!(contract, STATE_KEYS);
+    fn every_state_key_is_a_processed_contract_key() {
+        for (id, key) in STATE_KEYS.iter().enumerate() {
+            let at = PROCESSED_KEYS.keys.iter().position(|k| k == key);
+            let at = at.unwrap_or_else(|| panic!("{key} is not in the contract"));
+            assert_eq!(PROCESSED_KEYS.field[at], Some(id as u32), "{key}");
+        }
     }
 
     #[test]
@@ -650,6 +818,36 @@ mod tests {
         let anomalies = store.anomalies(|_| true, 10);
         assert_eq!(anomalies.len(), 1);
         assert_eq!(anomalies[0].state.as_ref().unwrap().icao24, "b00007");
+    }
+
+    #[test]
+    fn reports_share_the_strings_they_repeat() {
+        let store = LiveStore::new(StoreLimits::default());
+        let at = |s: u32| format!("2026-11-25T10:00:{s:02}Z");
+        let first = state("aaaaaa", &at(0), false);
+        let changed = String::from_utf8(state("aaaaaa", &at(2), false))
+            .unwrap()
+            .replace("cruise", "descent");
+        for payload in [
+            first.clone(),
+            state("aaaaaa", &at(1), false),
+            changed.into(),
+        ] {
+            store.add(Feed::Processed, &payload).unwrap();
+        }
+        store.with_aircraft(|a| {
+            let [r0, r1, r2] = [0, 1, 2].map(|i| &a["aaaaaa"][i]);
+            assert!(Arc::ptr_eq(&r0.flight_phase, &r1.flight_phase));
+            assert!(Arc::ptr_eq(&r1.origin_country, &r2.origin_country));
+            let callsigns = [r0, r2].map(|r| r.callsign.clone().unwrap());
+            assert!(Arc::ptr_eq(&callsigns[0], &callsigns[1]));
+            assert_eq!(&*r2.flight_phase, "descent");
+            assert_eq!(&*r1.flight_phase, "cruise");
+            assert_eq!(r2.micros, 1_795_600_802_000_000);
+        });
+        // Read back, each is the state its payload holds.
+        let (_, expected) = parse_state(&first).unwrap();
+        assert_eq!(store.track("aaaaaa").unwrap()[0], expected);
     }
 
     #[test]

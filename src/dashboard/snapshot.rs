@@ -235,17 +235,17 @@ fn aircraft_item(icao24: &str, track: &VecDeque<Report>) -> Option<AircraftItem>
             .map(str::to_owned),
         country: s.origin_country.to_string(),
         time: rfc3339(s.micros),
-        latitude: r.latitude,
-        longitude: r.longitude,
-        altitude_ft: r.altitude_ft.map(|v| round(v, 0)),
-        speed_knots: r.velocity_knots.map(|v| round(v, 1)),
-        vertical_rate_fpm: r.vertical_rate_fpm.map(|v| round(v, 0)),
-        heading: r.heading.map(|v| round(v, 1)),
+        latitude: r.latitude.get(),
+        longitude: r.longitude.get(),
+        altitude_ft: r.altitude_ft.get().map(|v| round(v, 0)),
+        speed_knots: r.velocity_knots.get().map(|v| round(v, 1)),
+        vertical_rate_fpm: r.vertical_rate_fpm.get().map(|v| round(v, 0)),
+        heading: r.heading.get().map(|v| round(v, 1)),
         on_ground: s.on_ground,
         squawk: s.squawk.as_deref().map(str::to_owned),
         emergency: emergency(s.squawk.as_deref()),
         phase: s.flight_phase.to_string(),
-        score: r.anomaly_score.map(|v| round(v, 4)),
+        score: r.anomaly_score.get().map(|v| round(v, 4)),
         anomaly: s.is_anomaly,
         recent_anomaly: track.iter().any(|t| t.is_anomaly),
         trail: track
@@ -253,8 +253,8 @@ fn aircraft_item(icao24: &str, track: &VecDeque<Report>) -> Option<AircraftItem>
             .skip(track.len().saturating_sub(TRAIL_POINTS))
             .filter_map(|t| {
                 Some([
-                    round(t.readings.latitude?, 4),
-                    round(t.readings.longitude?, 4),
+                    round(t.readings.latitude.get()?, 4),
+                    round(t.readings.longitude.get()?, 4),
                 ])
             })
             .collect(),

@@ -108,20 +108,55 @@ fn ts(d: &DateTime<Utc>) -> Timestamp {
     timestamp(d.timestamp_micros())
 }
 
-/// A processed record's numbers the store keeps (`None`: null in the record).
+/// A number of a processed record, or null, in 8 bytes: null is held as NaN, which no
+/// JSON number reads as (both parsers refuse what is not finite), so nothing is lost.
+#[derive(Clone, Copy)]
+pub struct Reading(f64);
+
+impl Reading {
+    pub fn get(self) -> Option<f64> {
+        (!self.0.is_nan()).then_some(self.0)
+    }
+}
+
+impl Default for Reading {
+    fn default() -> Self {
+        Self(f64::NAN)
+    }
+}
+
+impl From<Option<f64>> for Reading {
+    fn from(v: Option<f64>) -> Self {
+        Self(v.unwrap_or(f64::NAN))
+    }
+}
+
+impl PartialEq for Reading {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+/// A processed record's numbers the store keeps.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Readings {
-    pub latitude: Option<f64>,
-    pub longitude: Option<f64>,
-    pub heading: Option<f64>,
-    pub velocity_knots: Option<f64>,
-    pub altitude_ft: Option<f64>,
-    pub vertical_rate_fpm: Option<f64>,
-    pub seconds_since_previous: Option<f64>,
-    pub position_jump_km: Option<f64>,
-    pub speed_mismatch_knots: Option<f64>,
-    pub climb_mismatch_fpm: Option<f64>,
-    pub anomaly_score: Option<f64>,
+    pub latitude: Reading,
+    pub longitude: Reading,
+    pub heading: Reading,
+    pub velocity_knots: Reading,
+    pub altitude_ft: Reading,
+    pub vertical_rate_fpm: Reading,
+    pub seconds_since_previous: Reading,
+    pub position_jump_km: Reading,
+    pub speed_mismatch_knots: Reading,
+    pub climb_mismatch_fpm: Reading,
+    pub anomaly_score: Reading,
 }
 
 /// One report of an aircraft's track as the store holds it: the processed state but its
@@ -184,21 +219,21 @@ impl StateRef<'_> {
             icao24: self.icao24.to_owned(),
             callsign: self.callsign.map(str::to_owned),
             origin_country: self.origin_country.to_owned(),
-            latitude: r.latitude,
-            longitude: r.longitude,
-            velocity_knots: r.velocity_knots,
-            altitude_ft: r.altitude_ft,
-            vertical_rate_fpm: r.vertical_rate_fpm,
-            heading: r.heading,
+            latitude: r.latitude.get(),
+            longitude: r.longitude.get(),
+            velocity_knots: r.velocity_knots.get(),
+            altitude_ft: r.altitude_ft.get(),
+            vertical_rate_fpm: r.vertical_rate_fpm.get(),
+            heading: r.heading.get(),
             on_ground: self.on_ground,
             squawk: self.squawk.map(str::to_owned),
             flight_phase: self.flight_phase.to_owned(),
-            anomaly_score: r.anomaly_score,
+            anomaly_score: r.anomaly_score.get(),
             is_anomaly: self.is_anomaly,
-            speed_mismatch_knots: r.speed_mismatch_knots,
-            climb_mismatch_fpm: r.climb_mismatch_fpm,
-            position_jump_km: r.position_jump_km,
-            seconds_since_previous: r.seconds_since_previous,
+            speed_mismatch_knots: r.speed_mismatch_knots.get(),
+            climb_mismatch_fpm: r.climb_mismatch_fpm.get(),
+            position_jump_km: r.position_jump_km.get(),
+            seconds_since_previous: r.seconds_since_previous.get(),
         }
     }
 
@@ -305,17 +340,17 @@ impl ProcessedJson {
             on_ground: self.on_ground,
             is_anomaly: self.is_anomaly.unwrap_or(false),
             readings: Readings {
-                latitude: self.latitude,
-                longitude: self.longitude,
-                heading: self.heading,
-                velocity_knots: self.velocity_knots,
-                altitude_ft: self.altitude_ft,
-                vertical_rate_fpm: self.vertical_rate_fpm,
-                seconds_since_previous: self.seconds_since_previous,
-                position_jump_km: self.position_jump_km,
-                speed_mismatch_knots: self.speed_mismatch_knots,
-                climb_mismatch_fpm: self.climb_mismatch_fpm,
-                anomaly_score: self.anomaly_score,
+                latitude: self.latitude.into(),
+                longitude: self.longitude.into(),
+                heading: self.heading.into(),
+                velocity_knots: self.velocity_knots.into(),
+                altitude_ft: self.altitude_ft.into(),
+                vertical_rate_fpm: self.vertical_rate_fpm.into(),
+                seconds_since_previous: self.seconds_since_previous.into(),
+                position_jump_km: self.position_jump_km.into(),
+                speed_mismatch_knots: self.speed_mismatch_knots.into(),
+                climb_mismatch_fpm: self.climb_mismatch_fpm.into(),
+                anomaly_score: self.anomaly_score.into(),
             },
         }
     }
@@ -406,20 +441,20 @@ fn read_fast(payload: &[u8]) -> Option<StateRef<'_>> {
             1 => s.icao24 = c.string()?,
             2 => s.callsign = c.nullable(Cursor::string)?.map(str::trim),
             3 => s.origin_country = c.string()?,
-            4 => r.latitude = c.nullable(num)?,
-            5 => r.longitude = c.nullable(num)?,
-            6 => r.heading = c.nullable(num)?,
+            4 => r.latitude = c.nullable(num)?.into(),
+            5 => r.longitude = c.nullable(num)?.into(),
+            6 => r.heading = c.nullable(num)?.into(),
             7 => s.on_ground = c.bool()?,
             8 => s.squawk = c.nullable(Cursor::string)?,
-            9 => r.velocity_knots = c.nullable(num)?,
-            10 => r.altitude_ft = c.nullable(num)?,
-            11 => r.vertical_rate_fpm = c.nullable(num)?,
+            9 => r.velocity_knots = c.nullable(num)?.into(),
+            10 => r.altitude_ft = c.nullable(num)?.into(),
+            11 => r.vertical_rate_fpm = c.nullable(num)?.into(),
             12 => s.flight_phase = c.string()?,
-            13 => r.seconds_since_previous = c.nullable(num)?,
-            14 => r.position_jump_km = c.nullable(num)?,
-            15 => r.speed_mismatch_knots = c.nullable(num)?,
-            16 => r.climb_mismatch_fpm = c.nullable(num)?,
-            17 => r.anomaly_score = c.nullable(num)?,
+            13 => r.seconds_since_previous = c.nullable(num)?.into(),
+            14 => r.position_jump_km = c.nullable(num)?.into(),
+            15 => r.speed_mismatch_knots = c.nullable(num)?.into(),
+            16 => r.climb_mismatch_fpm = c.nullable(num)?.into(),
+            17 => r.anomaly_score = c.nullable(num)?.into(),
             _ => s.is_anomaly = c.nullable(Cursor::bool)?.unwrap_or(false),
         }
         Some(())
@@ -827,7 +862,8 @@ mod tests {
         let first = state("aaaaaa", &at(0), false);
         let changed = String::from_utf8(state("aaaaaa", &at(2), false))
             .unwrap()
-            .replace("cruise", "descent");
+            .replace("cruise", "descent")
+            .replace("\"latitude\":50.0", "\"latitude\":null");
         for payload in [
             first.clone(),
             state("aaaaaa", &at(1), false),
@@ -844,7 +880,11 @@ mod tests {
             assert_eq!(&*r2.flight_phase, "descent");
             assert_eq!(&*r1.flight_phase, "cruise");
             assert_eq!(r2.micros, 1_795_600_802_000_000);
+            assert_eq!(r0.readings.latitude.get(), Some(50.0));
+            assert_eq!(r2.readings.latitude.get(), None);
+            assert_eq!(r2.readings.longitude.get(), Some(8.0));
         });
+        assert_eq!(store.track("aaaaaa").unwrap()[2].latitude, None);
         // Read back, each is the state its payload holds.
         let (_, expected) = parse_state(&first).unwrap();
         assert_eq!(store.track("aaaaaa").unwrap()[0], expected);

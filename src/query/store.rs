@@ -320,8 +320,8 @@ pub fn parse_state(payload: &[u8]) -> Result<(i64, State), String> {
 #[doc(hidden)]
 pub fn parse_state_with_serde(payload: &[u8]) -> Result<(i64, State), String> {
     let r = read_with_serde(payload)?;
-    let state = r.state_ref().state();
-    Ok((r.timestamp.timestamp_micros(), state))
+    let s = r.state_ref();
+    Ok((s.micros, s.state()))
 }
 
 fn read_with_serde(payload: &[u8]) -> Result<ProcessedJson, String> {

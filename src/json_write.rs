@@ -5,9 +5,12 @@
 
 use lexical_core::{FormattedSize, ToLexical};
 
-pub(crate) fn write_lexical<N: ToLexical>(buf: &mut Vec<u8>, value: N) {
-    // Room for any number lexical-core writes (f64's is the largest), written in place.
-    const ROOM: usize = f64::FORMATTED_SIZE_DECIMAL;
+/// An integer, by lexical-core (floats go through [`write_float`]).
+pub(crate) fn write_lexical<N: Integer>(buf: &mut Vec<u8>, value: N) {
+    // Room for any integer lexical-core writes (i64's and u64's, 20 bytes, are the largest),
+    // written in place.
+    const ROOM: usize = i64::FORMATTED_SIZE_DECIMAL;
+    const _: () = assert!(u64::FORMATTED_SIZE_DECIMAL <= ROOM);
     let start = buf.len();
     buf.extend_from_slice(&[0; ROOM]);
     let written = value.to_lexical(&mut buf[start..]).len();
@@ -25,6 +28,18 @@ pub(crate) fn write_float<F: Float>(buf: &mut Vec<u8>, value: F) {
         buf.extend_from_slice(b"null");
     }
 }
+
+/// The integer types [`write_lexical`] takes.
+pub(crate) trait Integer: ToLexical + Copy {}
+
+impl Integer for i8 {}
+impl Integer for i16 {}
+impl Integer for i32 {}
+impl Integer for i64 {}
+impl Integer for u8 {}
+impl Integer for u16 {}
+impl Integer for u32 {}
+impl Integer for u64 {}
 
 /// `f32` and `f64`, as [`write_float`] takes them.
 pub(crate) trait Float: zmij::Float + Copy {

@@ -21,10 +21,9 @@ use arrow::datatypes::{
 use arrow::json::writer::{LineDelimited, WriterBuilder};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
-use lexical_core::ToLexical;
 
 use crate::error::Result;
-use crate::json_write::{Float, write_float, write_lexical, write_rfc3339, write_str};
+use crate::json_write::{Float, Integer, write_float, write_lexical, write_rfc3339, write_str};
 
 /// Encodes each row of `batch` as one JSON object.
 pub fn to_json_rows(batch: &RecordBatch) -> Result<JsonRows> {
@@ -251,7 +250,7 @@ fn nullable<A: Array + ?Sized>(
 fn number<T>(array: &PrimitiveArray<T>, row: usize, buf: &mut Vec<u8>)
 where
     T: ArrowPrimitiveType,
-    T::Native: ToLexical,
+    T::Native: Integer,
 {
     nullable(array, row, buf, |b| write_lexical(b, array.value(row)));
 }

@@ -10,6 +10,8 @@
 //!   only for what it does not take: nothing, on these records);
 //! - `sql`: clean.sql + features.sql with the Isolation Forest UDF scoring every row
 //!   (plans made once, re-executed per batch, as the stage does);
+//! - `score`: the Isolation Forest alone (the shipped model, 100 trees) scoring the batch's
+//!   own feature rows, as the UDF does inside `sql`;
 //! - `encode`: processed rows -> JSON payloads for `flight-processed-data`;
 //! - `window`: the state update of one source partition per batch: each processed row's
 //!   fix (the continuity the next batch's features read), its lateness against the
@@ -37,9 +39,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::TimestampMicrosecondType;
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use chrono::DateTime;
 use contrail::archive::{ArchiveCompression, ArchiveWriter, sync_folders};
 use contrail::bus::Message;
@@ -202,6 +204,36 @@ fn benches(c: &mut Criterion) {
     assert_eq!(processed_stream.len(), BATCHES);
     let processed = &processed_stream[0];
     assert_eq!(processed.num_rows(), BATCH);
+    g.bench_function("score", |b| {
+        // The model's features of the batch's rows, row-major, null as NaN, as the UDF
+        // lays them out.
+        let model = scorer.model().unwrap();
+        let columns: Vec<_> = model
+            .features
+            .iter()
+            .map(|f| {
+                processed
+                    .column_by_name(f)
+                    .unwrap()
+                    .as_primitive::<Float64Type>()
+                    .clone()
+            })
+            .collect();
+        let data: Vec<f64> = (0..processed.num_rows())
+            .flat_map(|r| {
+                columns
+                    .iter()
+                    .map(move |c| if c.is_null(r) { f64::NAN } else { c.value(r) })
+            })
+            .collect();
+        let mut rows = data.clone();
+        let mut scores = Vec::with_capacity(processed.num_rows());
+        b.iter(|| {
+            rows.copy_from_slice(&data);
+            model.score_rows(&mut rows, &mut scores);
+            std::hint::black_box(&scores);
+        })
+    });
     g.bench_function("encode", |b| b.iter(|| to_json_rows(processed).unwrap()));
     g.bench_function("window", |b| window(b, &rt, &sql, &processed_stream));
 

@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::{bootstrap, committed, read_all};
-use contrail::bus::kafka::{KafkaBatchConsumer, KafkaConsumerConfig};
-use contrail::bus::{BatchConsumer, BatchLimits, OutRecord};
+use contrail::bus::kafka::{KafkaBatchConsumer, KafkaConsumerConfig, KafkaPublisher};
+use contrail::bus::{BatchConsumer, BatchLimits, OutRecord, Publisher};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -44,6 +44,14 @@ async fn create(topics: &[(&str, Option<&str>)]) {
     {
         r.unwrap();
     }
+}
+
+/// The committed values of `topic`, in order.
+fn payloads(topic: &str) -> Vec<Vec<u8>> {
+    read_all(topic)
+        .iter()
+        .map(|m| m.payload().unwrap().to_vec())
+        .collect()
 }
 
 /// Bytes LZ4 cannot shrink (a xorshift stream), so the compressed batch stays too large.
@@ -109,13 +117,16 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
     assert_eq!(read(batch), expected);
 
     // The first record fits, the second is over the topic's limit: the broker refuses it
-    // once the transaction has begun, so only the commit can report it.
+    // once the transaction has begun, so only its delivery report tells.
     let outputs = vec![
         OutRecord::new(&out, None, b"fits".to_vec()),
         OutRecord::new(&out, None, incompressible(4 * OUTPUT_LIMIT)),
     ];
     let error = consumer.commit(outputs).await.unwrap_err().to_string();
-    assert!(error.contains("committing transaction"), "{error}");
+    assert!(
+        error.contains("of 2 records not delivered") && error.contains(&out),
+        "{error}"
+    );
     assert!(
         read_all(&out).is_empty(),
         "the voided outputs are not readable"
@@ -133,12 +144,38 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
         .commit(vec![OutRecord::new(&out, None, b"fits".to_vec())])
         .await
         .unwrap();
-    let published: Vec<Vec<u8>> = read_all(&out)
-        .iter()
-        .map(|m| m.payload().unwrap().to_vec())
-        .collect();
-    assert_eq!(published, vec![b"fits".to_vec()]);
+    assert_eq!(payloads(&out), vec![b"fits".to_vec()]);
     assert_eq!(committed(&group, &raw), 3);
+}
+
+/// The same outside transactions (`contrail ingest`'s publisher): the publish fails, naming
+/// the topic, and the next one goes through.
+#[tokio::test]
+#[ignore = "needs Apache Kafka: run scripts/test"]
+async fn a_record_the_broker_refuses_fails_the_publish() {
+    let out = format!("publish-out-{}", std::process::id());
+    create(&[(&out, Some(&OUTPUT_LIMIT.to_string()))]).await;
+    let publisher = KafkaPublisher::new(&bootstrap()).unwrap();
+    let error = publisher
+        .publish(vec![OutRecord::new(
+            &out,
+            None,
+            incompressible(4 * OUTPUT_LIMIT),
+        )])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("1 of 1 records not delivered")
+            && error.contains(&out)
+            && error.contains("too large"),
+        "{error}"
+    );
+    publisher
+        .publish(vec![OutRecord::new(&out, None, b"second".to_vec())])
+        .await
+        .unwrap();
+    assert_eq!(payloads(&out), vec![b"second".to_vec()]);
 }
 
 /// A new owner may restore a partition's state while the previous owner's last

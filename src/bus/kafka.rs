@@ -10,19 +10,19 @@
 //! librdkafka's transactional calls block; they run on tokio's blocking pool.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::join_all;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{
@@ -57,31 +57,76 @@ fn producer_config(bootstrap: &str) -> ClientConfig {
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
-        .set("message.timeout.ms", "120000")
+        .set(
+            "message.timeout.ms",
+            DELIVERY_TIMEOUT.as_millis().to_string(),
+        )
         // Keys are icao24: Java's partitioner, so every client puts an aircraft on one partition.
         .set("partitioner", "murmur2_random");
     c
 }
 
+/// How long librdkafka may try to deliver a record (`message.timeout.ms`) before it
+/// reports the record failed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a send outside transactions waits for its records: past `DELIVERY_TIMEOUT`,
+/// by when librdkafka has reported every one delivered or failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// The producers' delivery reports, kept as a count of failures and the last failure's
+/// words: callers enqueue a set of records, wait until none is in flight and compare the
+/// count with the one before. A count rather than a future per record: rust-rdkafka's
+/// `FutureProducer` allocated a oneshot channel per record and completed it from its
+/// polling thread, where nothing was waiting for it.
+#[derive(Default)]
+struct DeliveryReports {
+    failed: AtomicU64,
+    last_failure: Mutex<String>,
+}
+
+impl ClientContext for DeliveryReports {}
+
+impl ProducerContext for DeliveryReports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            *self.last_failure.lock().expect("delivery lock") = format!(
+                "delivery to {} partition {} failed: {e}",
+                m.topic(),
+                m.partition()
+            );
+            self.failed.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// A producer with its own polling thread serving the delivery reports; clones share it.
+type KafkaProducer = ThreadedProducer<DeliveryReports>;
+
+fn create_producer(config: &ClientConfig, what: &str) -> Result<KafkaProducer> {
+    config
+        .create_with_context(DeliveryReports::default())
+        .map_err(|e| Error::kafka(format!("creating {what}"), e))
+}
+
 /// Sends one record, waiting for queue space instead of failing when librdkafka's local
-/// queue is full. Returns the delivery future.
-async fn enqueue(
-    producer: &FutureProducer,
-    record: &OutRecord,
-) -> Result<rdkafka::producer::DeliveryFuture> {
+/// queue is full. librdkafka copies the payload.
+async fn enqueue(producer: &KafkaProducer, record: &OutRecord) -> Result<()> {
     loop {
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
+        let mut br: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&record.topic);
         if !record.tombstone {
-            fr = fr.payload(&record.payload);
+            br = br.payload(&record.payload);
         }
         if let Some(k) = &record.key {
-            fr = fr.key(k);
+            br = br.key(k);
         }
         if let Some(p) = record.partition {
-            fr = fr.partition(p);
+            br = br.partition(p);
         }
-        match producer.send_result(fr) {
-            Ok(delivery) => return Ok(delivery),
+        match producer.send(br) {
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -90,50 +135,42 @@ async fn enqueue(
     }
 }
 
-/// Enqueues every record of a transaction and waits until librdkafka has none left in
-/// flight. Acknowledgements are not awaited one by one (a future per record cost more CPU
-/// than the rest of the commit): `commit_transaction` fails, and the transaction is
-/// aborted, if any record could not be delivered.
+/// Enqueues every record, waits until librdkafka has none left in flight (acknowledged
+/// or failed: the count includes delivery reports not yet served) and fails if any
+/// delivery failed meanwhile. A failure of a clone's concurrent records fails this call
+/// too: a retry, never a loss.
 ///
-/// The wait is here rather than in `commit_transaction`, whose flush (rust-rdkafka's)
-/// serves the delivery reports in slices of up to 100 ms.
-async fn send_in_transaction(producer: &FutureProducer, records: Vec<OutRecord>) -> Result<()> {
-    // librdkafka copies each payload: ours is freed as soon as it is enqueued.
+/// In a transaction the wait is here rather than in `commit_transaction`, whose flush
+/// (rust-rdkafka's) serves the delivery reports in slices of up to 100 ms; a failed
+/// delivery would fail the commit too, and the transaction is aborted.
+async fn send_all(
+    producer: &KafkaProducer,
+    records: Vec<OutRecord>,
+    limit: Duration,
+) -> Result<()> {
+    let reports = producer.context();
+    let failed_before = reports.failed.load(Ordering::Acquire);
+    let count = records.len();
+    // Each record is dropped once enqueued: a payload buffer goes with its last record.
     for r in records {
-        drop(enqueue(producer, &r).await?);
+        enqueue(producer, &r).await?;
     }
-    let deadline = tokio::time::Instant::now() + TXN_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + limit;
     while producer.in_flight_count() > 0 {
         if tokio::time::Instant::now() > deadline {
             return Err(Error::Bus(format!(
-                "{} records not delivered within {TXN_TIMEOUT:?}",
+                "{} records not delivered within {limit:?}",
                 producer.in_flight_count()
             )));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(())
-}
-
-/// Enqueues every record, then waits for every acknowledgement.
-async fn send_all(producer: &FutureProducer, records: &[OutRecord]) -> Result<()> {
-    let mut deliveries = Vec::with_capacity(records.len());
-    for r in records {
-        deliveries.push(enqueue(producer, r).await?);
-    }
-    for (result, record) in join_all(deliveries).await.into_iter().zip(records) {
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => {
-                return Err(Error::kafka(format!("delivery to {}", record.topic), e));
-            }
-            Err(_canceled) => {
-                return Err(Error::Bus(format!(
-                    "producer closed before delivery to {}",
-                    record.topic
-                )));
-            }
-        }
+    let failed = reports.failed.load(Ordering::Acquire) - failed_before;
+    if failed > 0 {
+        let last = reports.last_failure.lock().expect("delivery lock").clone();
+        return Err(Error::Bus(format!(
+            "{failed} of {count} records not delivered; the last: {last}"
+        )));
     }
     Ok(())
 }
@@ -141,7 +178,7 @@ async fn send_all(producer: &FutureProducer, records: &[OutRecord]) -> Result<()
 /// Idempotent, `acks=all` producer for stages that publish without consuming.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: KafkaProducer,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -152,9 +189,10 @@ impl std::fmt::Debug for KafkaPublisher {
 
 impl KafkaPublisher {
     pub fn new(bootstrap: &str) -> Result<Self> {
-        let producer = producer_config(bootstrap)
-            .create()
-            .map_err(|e| Error::kafka(format!("creating producer for {bootstrap}"), e))?;
+        let producer = create_producer(
+            &producer_config(bootstrap),
+            &format!("producer for {bootstrap}"),
+        )?;
         Ok(Self { producer })
     }
 }
@@ -162,7 +200,7 @@ impl KafkaPublisher {
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, records: Vec<OutRecord>) -> Result<()> {
-        send_all(&self.producer, &records).await
+        send_all(&self.producer, records, SEND_TIMEOUT).await
     }
 }
 
@@ -248,7 +286,7 @@ impl ConsumerContext for RebalanceTracker {
 pub struct KafkaBatchConsumer {
     config: KafkaConsumerConfig,
     consumer: StreamConsumer<RebalanceTracker>,
-    producer: FutureProducer,
+    producer: KafkaProducer,
     revoked: Revoked,
     lag: Lag,
     /// Revocations seen and not yet reported by `take_revoked`.
@@ -291,8 +329,8 @@ impl KafkaBatchConsumer {
     }
 
     /// At-least-once: outputs first, then the offsets.
-    async fn commit_plain(&mut self, outputs: &[OutRecord]) -> Result<()> {
-        send_all(&self.producer, outputs).await?;
+    async fn commit_plain(&mut self, outputs: Vec<OutRecord>) -> Result<()> {
+        send_all(&self.producer, outputs, SEND_TIMEOUT).await?;
         let offsets = self.offsets()?;
         self.consumer
             .commit(&offsets, rdkafka::consumer::CommitMode::Sync)
@@ -325,7 +363,7 @@ impl KafkaBatchConsumer {
         self.positions.clear();
         let producer = self.producer.clone();
         let task = tokio::spawn(async move {
-            let mut result = send_in_transaction(&producer, outputs).await;
+            let mut result = send_all(&producer, outputs, TXN_TIMEOUT).await;
             if result.is_ok() {
                 let p = producer.clone();
                 result = watched(TXN_WATCHDOG, "committing transaction", move || {
@@ -347,7 +385,7 @@ impl KafkaBatchConsumer {
 
 /// Aborts the open transaction after a failure (what it reports is logged: the failure
 /// that led here is the one to return).
-async fn abort(producer: &FutureProducer) {
+async fn abort(producer: &KafkaProducer) {
     let producer = producer.clone();
     let aborted = watched(TXN_WATCHDOG, "aborting the failed transaction", move || {
         producer.abort_transaction(TXN_TIMEOUT)
@@ -385,7 +423,7 @@ async fn connect(
     config: &KafkaConsumerConfig,
     revoked: Revoked,
     lag: Lag,
-) -> Result<(StreamConsumer<RebalanceTracker>, FutureProducer)> {
+) -> Result<(StreamConsumer<RebalanceTracker>, KafkaProducer)> {
     let mut client = ClientConfig::new();
     if let Some(id) = &config.instance_id {
         client.set("group.instance.id", id);
@@ -418,13 +456,11 @@ async fn connect(
         .subscribe(&topics)
         .map_err(|e| Error::kafka(format!("subscribing to {topics:?}"), e))?;
 
+    let mut settings = producer_config(&config.bootstrap);
     if !config.transactional {
-        let producer = producer_config(&config.bootstrap)
-            .create()
-            .map_err(|e| Error::kafka("creating producer", e))?;
-        return Ok((consumer, producer));
+        return Ok((consumer, create_producer(&settings, "producer")?));
     }
-    let producer: FutureProducer = producer_config(&config.bootstrap)
+    settings
         .set("transactional.id", &config.transactional_id)
         .set("transaction.timeout.ms", "120000")
         // Until the coordinator has written the last commit's markers it answers the next
@@ -433,9 +469,8 @@ async fn connect(
         // retry.backoff.ms: by default 100 ms, which up to one batch in ten waited at
         // 20,000 records/s (AddPartitionsToTxn has its own 20 ms for that case). The backoff
         // still doubles on repeated failures, up to retry.backoff.max.ms.
-        .set("retry.backoff.ms", "10")
-        .create()
-        .map_err(|e| Error::kafka("creating transactional producer", e))?;
+        .set("retry.backoff.ms", "10");
+    let producer = create_producer(&settings, "transactional producer")?;
     let p = producer.clone();
     blocking(move || p.init_transactions(TXN_TIMEOUT))
         .await
@@ -540,7 +575,7 @@ impl BatchConsumer for KafkaBatchConsumer {
             return Ok(completed());
         }
         if !self.config.transactional {
-            self.commit_plain(&outputs).await?;
+            self.commit_plain(outputs).await?;
             self.positions.clear();
             return Ok(completed());
         }

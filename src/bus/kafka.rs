@@ -116,7 +116,7 @@ fn create_producer(config: &ClientConfig, what: &str) -> Result<KafkaProducer> {
 
 /// Hands one record to librdkafka without a copy of its value (rust-rdkafka's `send`
 /// always copies it: an allocation and a `memcpy` per record, and the pages they touch,
-/// under a third of the processor's page faults at full speed). librdkafka copies the key.
+/// over a third of the processor's page faults at full speed). librdkafka copies the key.
 ///
 /// # Safety
 /// `record.payload` must stay alive and unchanged until librdkafka no longer holds the
@@ -603,12 +603,6 @@ impl BatchConsumer for KafkaBatchConsumer {
     async fn next_batch(&mut self, limits: BatchLimits) -> Result<Option<Vec<Message>>> {
         let deadline = tokio::time::Instant::now() + limits.max_wait;
         let mut batch = Vec::new();
-        apply_revocations(
-            &self.revoked,
-            &mut self.positions,
-            &mut self.unreported,
-            &mut batch,
-        );
         while batch.len() < limits.max_records {
             let until = limits.wait_until(deadline, batch.len());
             let m = match tokio::time::timeout_at(until, self.consumer.recv()).await {
@@ -640,6 +634,18 @@ impl BatchConsumer for KafkaBatchConsumer {
                 payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
             });
         }
+        // A rebalance can also run inside the wait that closes the batch (a `recv` that
+        // times out after serving it): what it revoked must not leave with the batch. Its
+        // offsets would otherwise be committed under the group's new generation, which
+        // the broker accepts, while the partition's new owner reads the same records
+        // again from the old committed offset. No rebalance runs between here and the
+        // commit: librdkafka serves them only inside `recv`.
+        apply_revocations(
+            &self.revoked,
+            &mut self.positions,
+            &mut self.unreported,
+            &mut batch,
+        );
         Ok(Some(batch))
     }
 

@@ -324,3 +324,69 @@ async fn a_revocation_while_the_batch_waits_voids_its_records() {
         "the new owner reads them"
     );
 }
+
+/// `recover` (after a failed transaction) joins with a new consumer and closes the old one
+/// meanwhile. Closing revokes the old consumer's whole assignment; that revocation belongs
+/// to the old consumer and must not void what the new one hands out (with a static
+/// instance id the group gives the new consumer the same partitions at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kafka broker (scripts/test starts one)"]
+async fn recovery_is_not_voided_by_the_old_consumers_close() {
+    let sfx = std::process::id();
+    let (raw, group) = (format!("recover-raw-{sfx}"), format!("recover-group-{sfx}"));
+    create(&[(&raw, None)]).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..3 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&raw).payload(&format!("raw {i}")),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+    let mut consumer = KafkaBatchConsumer::new(&KafkaConsumerConfig {
+        bootstrap: bootstrap(),
+        group_id: group.clone(),
+        topics: vec![raw.clone()],
+        transactional_id: format!("recover-{sfx}"),
+        instance_id: Some(format!("recover-{sfx}")),
+        transactional: true,
+    })
+    .await
+    .unwrap();
+    let offsets = |batch: Vec<contrail::bus::Message>| {
+        batch
+            .iter()
+            .map(|m| (m.partition, m.offset))
+            .collect::<Vec<_>>()
+    };
+    let all = vec![(0, 0), (0, 1), (0, 2)];
+    let first = consumer
+        .next_batch(BatchLimits::new(3, Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(offsets(first), all);
+
+    consumer.recover().await.unwrap();
+    // Closes by its deadline: the old consumer's close runs meanwhile.
+    let again = consumer
+        .next_batch(BatchLimits::new(1_000, Duration::from_secs(8)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        offsets(again),
+        all,
+        "nothing was committed, so the new consumer reads the partition from its start"
+    );
+    assert_eq!(
+        consumer.take_revoked(),
+        vec![],
+        "the old consumer's revocations were reported as the new one's"
+    );
+}

@@ -679,19 +679,19 @@ impl BatchConsumer for KafkaBatchConsumer {
     /// initialisation aborts whatever the failed one left open. Retries until it works.
     async fn recover(&mut self) -> Result<()> {
         self.positions.clear();
-        self.revoked.lock().expect("revoked lock").clear();
+        self.unreported.clear();
         let mut backoff = Duration::from_millis(500);
         loop {
-            match connect(
-                &self.config,
-                Arc::clone(&self.revoked),
-                Arc::clone(&self.lag),
-            )
-            .await
-            {
+            // The new consumer gets lists of its own. The old one is closed below, while
+            // the new one already hands out records, and closing revokes its whole
+            // assignment: in a shared list, the old consumer's revocations would void
+            // records the new one handed out, and drop the state restored for them.
+            let (revoked, lag) = (Revoked::default(), Lag::default());
+            match connect(&self.config, Arc::clone(&revoked), Arc::clone(&lag)).await {
                 Ok((consumer, producer)) => {
                     let old_consumer = std::mem::replace(&mut self.consumer, consumer);
                     let old_producer = std::mem::replace(&mut self.producer, producer);
+                    (self.revoked, self.lag) = (revoked, lag);
                     // Closing may wait for the broker; it must not hold up the runtime.
                     tokio::task::spawn_blocking(move || drop((old_consumer, old_producer)));
                     tracing::info!("rejoined the consumer group after a failed transaction");

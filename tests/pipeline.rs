@@ -848,3 +848,49 @@ async fn a_commit_failing_in_the_background_voids_the_batches_after_it() {
     reference.sort();
     assert_eq!(failed, reference);
 }
+
+/// A batch that fails after it closed windows (here its Parquet files cannot be written)
+/// is read again and processed from the committed state. What it publishes then must be
+/// what it publishes when nothing fails: each closed window's partials once, not once
+/// more for the failed attempt.
+#[tokio::test]
+async fn a_batch_processed_again_after_a_failure_publishes_the_same_records() {
+    let msgs = messages(&long_inputs(25, 30));
+    let processor = |archive: PathBuf| async move {
+        let mut config = ProcessConfig::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("sql"));
+        config.topics.processed = PROCESSED.into();
+        config.topics.dead_letter = DLQ.into();
+        config.topics.partials = Some("partials".into());
+        config.archive_dir = Some(archive);
+        config.model_path = Some(default_model());
+        let clock = ManualClock::new(1_795_600_500_000_000);
+        Processor::new(config, clock, Arc::new(ProcessStats::default()))
+            .await
+            .unwrap()
+    };
+    let records = |out: Vec<OutRecord>| {
+        out.into_iter()
+            .map(|r| (r.topic, r.key, r.payload.to_vec()))
+            .collect::<Vec<_>>()
+    };
+    let (clean, failing) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let want = records(processor(clean.path().into()).await.process(&msgs).await.unwrap());
+    let partials = want.iter().filter(|r| r.0 == "partials").count();
+    assert!(partials > 0, "the batch closes windows");
+
+    let mut p = processor(failing.path().into()).await;
+    // A file where the processed rows' folder goes: their archive job fails.
+    std::fs::write(failing.path().join("processed"), b"in the way").unwrap();
+    let e = p.process(&msgs).await.unwrap_err();
+    assert!(matches!(e, contrail::error::Error::Io { .. }), "{e:?}");
+    // What `run_process` does after a failed batch: the state is dropped, the batch read again.
+    p.reset();
+    std::fs::remove_file(failing.path().join("processed")).unwrap();
+    let got = records(p.process(&msgs).await.unwrap());
+    assert_eq!(
+        got.iter().filter(|r| r.0 == "partials").count(),
+        partials,
+        "window partials of the failed attempt were published with the retry"
+    );
+    assert!(got == want, "the retried batch published other records");
+}

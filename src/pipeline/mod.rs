@@ -487,6 +487,9 @@ impl Processor {
         // Callers that never commit (`contrail train`, `contrail features`) must not
         // collect a timestamp per record for ever: only this batch's are kept.
         self.uncommitted_ingest.clear();
+        // A batch that failed after it closed windows left their partials here; it is
+        // processed again from the committed state, which closes them again.
+        self.progress.clear();
         let now = self.clock.now();
         let ranges = offset_ranges(raw.iter());
         self.restore(&ranges, progress).await?;

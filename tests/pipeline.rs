@@ -874,7 +874,13 @@ async fn a_batch_processed_again_after_a_failure_publishes_the_same_records() {
             .collect::<Vec<_>>()
     };
     let (clean, failing) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let want = records(processor(clean.path().into()).await.process(&msgs).await.unwrap());
+    let want = records(
+        processor(clean.path().into())
+            .await
+            .process(&msgs)
+            .await
+            .unwrap(),
+    );
     let partials = want.iter().filter(|r| r.0 == "partials").count();
     assert!(partials > 0, "the batch closes windows");
 
@@ -893,4 +899,72 @@ async fn a_batch_processed_again_after_a_failure_publishes_the_same_records() {
         "window partials of the failed attempt were published with the retry"
     );
     assert!(got == want, "the retried batch published other records");
+}
+
+/// When aggregate.sql fails on one record, the batch is processed again one record at a
+/// time. The failed attempt must leave no trace in the state the retry starts from (the
+/// aircraft's fixes, the watermark): the other records come out as they do in a batch
+/// without the failing one.
+#[tokio::test]
+async fn an_aggregate_sql_failure_leaves_the_state_as_it_was_for_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_sql(dir.path());
+    // A user's aggregate.sql that only takes numeric callsigns: a run-time cast error on
+    // any other.
+    let aggregate = std::fs::read_to_string(dir.path().join("aggregate.sql"))
+        .unwrap()
+        .replace(
+            "    FROM records\n",
+            "    FROM records\n    WHERE CAST(callsign AS INT) > -1\n",
+        );
+    assert!(aggregate.contains("CAST(callsign AS INT)"));
+    std::fs::write(dir.path().join("aggregate.sql"), aggregate).unwrap();
+
+    // Long enough for windows to close within the batch: on a watermark already at the
+    // batch's end, its first records would be late.
+    let mut payloads = long_inputs(25, 2);
+    let bad = payloads.len() / 2;
+    for (i, payload) in payloads.iter_mut().enumerate() {
+        let mut v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        v["callsign"] = if i == bad { "DLH4AB" } else { "1234" }.into();
+        *payload = serde_json::to_vec(&v).unwrap();
+    }
+    let processed = |out: &[OutRecord]| {
+        let mut rows: Vec<serde_json::Value> = out
+            .iter()
+            .filter(|r| r.topic == PROCESSED)
+            .map(json)
+            .collect();
+        rows.sort_by_key(|v| v.to_string());
+        rows
+    };
+    let late = |out: &[OutRecord]| out.iter().filter(|r| r.topic == topic::LATE).count();
+
+    let mut without = payloads.clone();
+    without.remove(bad);
+    let (mut p, _) = processor_with_sql(dir.path().to_path_buf(), None).await;
+    let want = p.process(&messages(&without)).await.unwrap();
+
+    let archive = tempfile::tempdir().unwrap();
+    let (mut p, _) =
+        processor_with_sql(dir.path().to_path_buf(), Some(archive.path().to_path_buf())).await;
+    let got = p.process(&messages(&payloads)).await.unwrap();
+    let archived: usize = walk(&archive.path().join("processed"))
+        .iter()
+        .map(|f| parquet_rows(f))
+        .sum();
+    assert_eq!(
+        archived,
+        payloads.len() - 1,
+        "rows archived by the failed attempt stayed"
+    );
+    let (_, dead) = split(&got);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, "sql_error");
+    assert_eq!(processed(&got).len(), payloads.len() - 1);
+    assert_eq!(late(&got), late(&want));
+    assert!(
+        processed(&got) == processed(&want),
+        "the retry processed records on the failed attempt's state"
+    );
 }

@@ -499,10 +499,15 @@ impl Processor {
                     records = raw.len(),
                     "SQL failed on a micro-batch; retrying record by record"
                 );
+                // The failed attempt may have archived the batch already.
+                for (&p, &(first, _)) in &ranges {
+                    self.remove_archived(p, first)?;
+                }
                 let mut out = Vec::with_capacity(raw.len());
                 for one in raw.chunks(1) {
                     match self.process_batch(one, now).await {
                         Err(Error::Sql { path, message }) => {
+                            self.remove_archived(one[0].partition, one[0].offset)?;
                             out.push(self.sql_error(&one[0], &path, &message, now));
                         }
                         other => out.extend(other?),
@@ -511,6 +516,7 @@ impl Processor {
                 out
             }
             Err(Error::Sql { path, message }) if raw.len() == 1 => {
+                self.remove_archived(raw[0].partition, raw[0].offset)?;
                 vec![self.sql_error(&raw[0], &path, &message, now)]
             }
             other => other?,
@@ -567,6 +573,18 @@ impl Processor {
     }
 
     /// Restores the state of partitions seen for the first time, and the merger's.
+    /// Deletes the archive files of `partition` from `first` (an offset) on: what a batch
+    /// that did not commit wrote.
+    fn remove_archived(&self, partition: i32, first: i64) -> Result<usize> {
+        Ok(match &self.archive {
+            Some(a) => {
+                a.processed.remove_uncommitted(partition, first)?
+                    + a.aircraft_windows.remove_uncommitted(partition, first)?
+            }
+            None => 0,
+        })
+    }
+
     async fn restore(&mut self, ranges: &Ranges, progress: &[Message]) -> Result<()> {
         for (&p, &(first, _)) in ranges {
             if self.partitions.contains_key(&p) {
@@ -577,13 +595,7 @@ impl Processor {
                 Some(reader) => {
                     let records = reader.read(p).await?;
                     let state = PartitionState::restore(&records)?;
-                    let removed = match &self.archive {
-                        Some(a) => {
-                            a.processed.remove_uncommitted(p, first)?
-                                + a.aircraft_windows.remove_uncommitted(p, first)?
-                        }
-                        None => 0,
-                    };
+                    let removed = self.remove_archived(p, first)?;
                     tracing::info!(
                         partition = p,
                         changelog_records = records.len(),
@@ -702,30 +714,7 @@ impl Processor {
             .iter()
             .map(|s| messages[*s as usize].partition)
             .collect();
-        for (row, icao24, fix) in continuity::fixes(&features)? {
-            self.partitions
-                .get_mut(&row_partitions[row])
-                .expect("restored before processing")
-                .record_fix(icao24, fix);
-        }
         let processed = finish(&features, now.timestamp_micros())?;
-        if let Some(flags) = processed
-            .column_by_name("is_anomaly")
-            .and_then(|c| c.as_boolean_opt())
-        {
-            self.stats
-                .anomalies
-                .fetch_add(flags.true_count() as u64, Ordering::Relaxed);
-        }
-        if let Some(keep) = self.keep.as_mut() {
-            keep.push(processed.clone());
-        }
-        if let Some(ts) = processed
-            .column_by_name("ingest_timestamp")
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-        {
-            self.uncommitted_ingest.extend(ts.iter().flatten());
-        }
 
         // The Parquet files are encoded and synced on a blocking thread while the rest of
         // the batch is processed; the job is awaited whatever happens below, so no file of
@@ -754,6 +743,23 @@ impl Processor {
             self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
         }
         rest?;
+        if let Some(flags) = processed
+            .column_by_name("is_anomaly")
+            .and_then(|c| c.as_boolean_opt())
+        {
+            self.stats
+                .anomalies
+                .fetch_add(flags.true_count() as u64, Ordering::Relaxed);
+        }
+        if let Some(ts) = processed
+            .column_by_name("ingest_timestamp")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        {
+            self.uncommitted_ingest.extend(ts.iter().flatten());
+        }
+        if let Some(keep) = self.keep.as_mut() {
+            keep.push(processed.clone());
+        }
         let stats = &self.stats;
         stats
             .consumed
@@ -785,6 +791,14 @@ impl Processor {
         let keys = keys(processed);
         self.windows(processed, row_partitions, seq, messages, &rows, out)
             .await?;
+        // Only now that nothing of the batch can fail in the SQL: a batch that fails there
+        // is processed again, record by record, from the state as it was.
+        for (row, icao24, fix) in continuity::fixes(processed)? {
+            self.partitions
+                .get_mut(&row_partitions[row])
+                .expect("restored before processing")
+                .record_fix(icao24, fix);
+        }
         for (row, key) in rows.into_payloads().zip(keys) {
             out.push(OutRecord::new(&self.config.topics.processed, key, row));
         }
@@ -845,6 +859,12 @@ impl Processor {
             .as_primitive::<TimestampMicrosecondType>();
         let mut on_time = Vec::with_capacity(processed.num_rows());
         let mut expected: HashSet<(i32, i64)> = HashSet::new();
+        // The watermarks as they were, for a failing aggregate.sql to leave them so.
+        let before: Vec<(i32, Option<i64>)> = self
+            .partitions
+            .iter()
+            .map(|(&p, st)| (p, st.max_event()))
+            .collect();
         for (i, &p) in row_partitions.iter().enumerate() {
             let st = self.partitions.get_mut(&p).expect("restored");
             let t = ts.value(i);
@@ -875,7 +895,6 @@ impl Processor {
             }
         }
         let late = on_time.iter().filter(|x| !**x).count();
-        self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
         let mask = BooleanArray::from(on_time);
         let records = filter_record_batch(processed, &mask)?;
         let parts: Vec<i32> = row_partitions
@@ -883,26 +902,54 @@ impl Processor {
             .zip(mask.values().iter())
             .filter_map(|(p, keep)| keep.then_some(*p))
             .collect();
-        let partials = self
-            .sql
-            .run_aggregate(with_partition_column(&records, &parts)?)
-            .await?;
-        let partials = window::read_partials(&partials).map_err(|e| self.sql.aggregate_error(e))?;
-        for bp in &partials {
-            if !expected.contains(&(bp.partition, bp.window_start)) {
-                return Err(self.sql.aggregate_error(format!(
-                    "returned window {} for partition {}, which holds no on-time record of this batch: window_start must be date_bin of the {}-second window from the epoch",
-                    rfc3339(bp.window_start),
-                    bp.partition,
-                    spec.length_us / 1_000_000
-                )));
+        let partials = match self.partials(&records, &parts, &expected).await {
+            Ok(partials) => partials,
+            Err(e) => {
+                for (p, max_event) in before {
+                    self.partitions
+                        .get_mut(&p)
+                        .expect("restored")
+                        .rewind(max_event);
+                }
+                return Err(e);
             }
+        };
+        self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
+        for bp in &partials {
             self.partitions
                 .get_mut(&bp.partition)
                 .expect("restored")
                 .add(bp.window_start, &bp.icao24, &bp.stats)?;
         }
         Ok(())
+    }
+
+    /// aggregate.sql over the batch's on-time records, each partial checked to be a
+    /// window one of them is in.
+    async fn partials(
+        &self,
+        records: &RecordBatch,
+        parts: &[i32],
+        expected: &HashSet<(i32, i64)>,
+    ) -> Result<Vec<window::BatchPartial>> {
+        let spec = self.config.window;
+        let partials = self
+            .sql
+            .run_aggregate(with_partition_column(records, parts)?)
+            .await?;
+        let partials = window::read_partials(&partials).map_err(|e| self.sql.aggregate_error(e))?;
+        if let Some(bp) = partials
+            .iter()
+            .find(|bp| !expected.contains(&(bp.partition, bp.window_start)))
+        {
+            return Err(self.sql.aggregate_error(format!(
+                "returned window {} for partition {}, which holds no on-time record of this batch: window_start must be date_bin of the {}-second window from the epoch",
+                rfc3339(bp.window_start),
+                bp.partition,
+                spec.length_us / 1_000_000
+            )));
+        }
+        Ok(partials)
     }
 
     /// Publishes a partition's closed per-aircraft windows (topic + archive) and returns

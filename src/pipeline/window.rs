@@ -238,6 +238,16 @@ impl PartitionState {
         late
     }
 
+    /// The largest event time seen, to put back with [`Self::rewind`] when the batch that
+    /// advanced it fails.
+    pub fn max_event(&self) -> Option<i64> {
+        self.max_event_us
+    }
+
+    pub fn rewind(&mut self, max_event_us: Option<i64>) {
+        self.max_event_us = max_event_us;
+    }
+
     pub fn fixes(&self, icao24: &str) -> Option<&(Fix, Option<Fix>)> {
         self.aircraft.get(icao24).and_then(|a| a.fixes.as_ref())
     }

@@ -683,6 +683,26 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
     let third = p.process(&msgs[2000..]).await.unwrap();
     assert_eq!(third, expected[2]);
     assert_eq!(load(&stats), (0, 2));
+    // One that changes the type of a column the pipeline reads itself: planned and run
+    // on empty input it works, on rows it would fail (once a panic) every batch.
+    std::fs::write(
+        &features,
+        original.replace(
+            "* 3.28083989501 AS altitude_ft",
+            "* 3.28083989501 AS altitude_ft_float,\n        CAST(COALESCE(baro_altitude, geo_altitude) * 3.28083989501 AS INT) AS altitude_ft",
+        ),
+    )
+    .unwrap();
+    let out = p.process(&msgs[..1000]).await.unwrap();
+    let (processed, dead) = split(&out);
+    assert_eq!(load(&stats), (0, 3));
+    assert!(dead.iter().all(|d| d.reason != "sql_error"), "{dead:?}");
+    assert!(
+        processed.iter().any(|r| json(r)["altitude_ft"]
+            .as_f64()
+            .is_some_and(|a| a.fract() != 0.0)),
+        "the retyped plan ran"
+    );
 
     // A good edit (approach renamed): swapped in for the next batch.
     assert!(phases(&third).contains("approach"));
@@ -692,7 +712,7 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
     )
     .unwrap();
     let out = p.process(&msgs[..1000]).await.unwrap();
-    assert_eq!(load(&stats), (1, 2));
+    assert_eq!(load(&stats), (1, 3));
     let got = phases(&out);
     assert!(
         got.contains("final") && !got.contains("approach"),

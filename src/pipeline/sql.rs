@@ -419,6 +419,13 @@ impl SqlPipeline {
                 missing.join(", ")
             )));
         }
+        let retyped = retyped_columns(schema);
+        if !retyped.is_empty() {
+            return Err(self.features.file.error(format!(
+                "output changes the type of contract columns: {}",
+                retyped.join("; ")
+            )));
+        }
         if schema.field_with_name(PROCESSING_TIMESTAMP).is_ok() {
             return Err(self.features.file.error(format!(
                 "must not produce {PROCESSING_TIMESTAMP}: the pipeline stamps it"
@@ -544,6 +551,32 @@ pub fn seq_values(batch: &RecordBatch) -> Vec<i64> {
         .column_by_name(SEQ_COLUMN)
         .map(|c| c.as_primitive::<Int64Type>().values().to_vec())
         .unwrap_or_default()
+}
+
+/// Contract columns of `features.sql`'s output whose type is not the one the pipeline
+/// itself reads them as (continuity, message keys, windows, the archive's folders):
+/// another type would fail every batch.
+fn retyped_columns(schema: &Schema) -> Vec<String> {
+    let timestamp_us = |t: &DataType| {
+        matches!(
+            t,
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _)
+        )
+    };
+    let float = |t: &DataType| *t == DataType::Float64;
+    let read: [(&str, &dyn Fn(&DataType) -> bool, &str); 5] = [
+        ("icao24", &|t| *t == DataType::Utf8, "Utf8"),
+        ("timestamp", &timestamp_us, "Timestamp(µs)"),
+        ("latitude", &float, "Float64"),
+        ("longitude", &float, "Float64"),
+        ("altitude_ft", &float, "Float64"),
+    ];
+    read.iter()
+        .filter_map(|(name, ok, want)| {
+            let t = schema.field_with_name(name).ok()?.data_type();
+            (!ok(t)).then(|| format!("{name} is {t}, the pipeline reads it as {want}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

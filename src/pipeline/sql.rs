@@ -557,26 +557,25 @@ pub fn seq_values(batch: &RecordBatch) -> Vec<i64> {
 /// itself reads them as (continuity, message keys, windows, the archive's folders):
 /// another type would fail every batch.
 fn retyped_columns(schema: &Schema) -> Vec<String> {
-    let timestamp_us = |t: &DataType| {
-        matches!(
-            t,
-            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, _)
-        )
-    };
-    let float = |t: &DataType| *t == DataType::Float64;
-    let read: [(&str, &dyn Fn(&DataType) -> bool, &str); 5] = [
-        ("icao24", &|t| *t == DataType::Utf8, "Utf8"),
-        ("timestamp", &timestamp_us, "Timestamp(µs)"),
-        ("latitude", &float, "Float64"),
-        ("longitude", &float, "Float64"),
-        ("altitude_ft", &float, "Float64"),
-    ];
-    read.iter()
-        .filter_map(|(name, ok, want)| {
-            let t = schema.field_with_name(name).ok()?.data_type();
-            (!ok(t)).then(|| format!("{name} is {t}, the pipeline reads it as {want}"))
-        })
-        .collect()
+    use arrow::datatypes::TimeUnit::Microsecond;
+    [
+        ("icao24", "Utf8"),
+        ("timestamp", "Timestamp(µs)"),
+        ("latitude", "Float64"),
+        ("longitude", "Float64"),
+        ("altitude_ft", "Float64"),
+    ]
+    .into_iter()
+    .filter_map(|(name, want)| {
+        let t = schema.field_with_name(name).ok()?.data_type();
+        let read = match name {
+            "icao24" => *t == DataType::Utf8,
+            "timestamp" => matches!(t, DataType::Timestamp(Microsecond, _)),
+            _ => *t == DataType::Float64,
+        };
+        (!read).then(|| format!("{name} is {t}, the pipeline reads it as {want}"))
+    })
+    .collect()
 }
 
 #[cfg(test)]

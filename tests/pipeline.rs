@@ -703,6 +703,21 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
             .is_some_and(|a| a.fract() != 0.0)),
         "the retyped plan ran"
     );
+    // One that plans and runs on empty input but fails on every real row (these
+    // callsigns are not numbers): tried on the last batch's records and rejected.
+    std::fs::write(
+        &features,
+        original.replace(
+            "AS is_anomaly\nFROM scored",
+            "AS is_anomaly, CAST(callsign AS INT) AS callsign_number\nFROM scored",
+        ),
+    )
+    .unwrap();
+    let out = p.process(&msgs[1000..2000]).await.unwrap();
+    assert_eq!(load(&stats), (0, 4));
+    let (processed, dead) = split(&out);
+    assert!(dead.iter().all(|d| d.reason != "sql_error"), "{dead:?}");
+    assert!(processed.len() > 900, "{}", processed.len());
 
     // A good edit (approach renamed): swapped in for the next batch.
     assert!(phases(&third).contains("approach"));
@@ -712,7 +727,7 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
     )
     .unwrap();
     let out = p.process(&msgs[..1000]).await.unwrap();
-    assert_eq!(load(&stats), (1, 3));
+    assert_eq!(load(&stats), (1, 4));
     let got = phases(&out);
     assert!(
         got.contains("final") && !got.contains("approach"),

@@ -187,7 +187,13 @@ pub struct Processor {
     last_offsets: BTreeMap<i32, i64>,
     /// `ingest_timestamp` (µs) of the records of the last batch processed.
     uncommitted_ingest: Vec<i64>,
+    /// Records of the last batch the running SQL processed whole: an edit must process
+    /// them too before it replaces the running plan.
+    sample: Vec<Message>,
 }
+
+/// How many records of a batch [`Processor`] keeps to try SQL edits on.
+const SQL_SAMPLE: usize = 1_000;
 
 impl std::fmt::Debug for dyn ChangelogReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -289,6 +295,7 @@ impl Processor {
             sql_texts,
             keep: None,
             uncommitted_ingest: Vec::new(),
+            sample: Vec::new(),
             partitions: BTreeMap::new(),
             merger,
             changelog: None,
@@ -450,7 +457,12 @@ impl Processor {
             return;
         }
         self.sql_texts = texts;
-        match SqlPipeline::load(&self.config.sql_dir, &self.sql_vars, &self.scorer).await {
+        let loaded = SqlPipeline::load(&self.config.sql_dir, &self.sql_vars, &self.scorer).await;
+        let tried = match loaded {
+            Ok(sql) => self.try_sql(&sql).await.map(|()| sql),
+            Err(e) => Err(e),
+        };
+        match tried {
             Ok(sql) => {
                 tracing::info!(dir = %self.config.sql_dir.display(), "SQL files reloaded");
                 self.sql = sql;
@@ -461,6 +473,29 @@ impl Processor {
                 self.stats.sql_rejections.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Runs an edited plan over the records the running one last processed whole, the
+    /// state untouched: an edit that plans, but fails on rows (a cast, a division by
+    /// zero), would otherwise fail every batch.
+    async fn try_sql(&self, sql: &SqlPipeline) -> Result<()> {
+        if self.sample.is_empty() {
+            return Ok(());
+        }
+        let messages = &self.sample;
+        let decoded = decode::decode(messages)?;
+        let previous = self.previous_table(&decoded.batch, messages)?;
+        let features = sql::sorted_by_seq(sql.run(decoded.batch, previous).await?.features)?;
+        let processed = finish(&features, self.clock.now_micros())?;
+        let parts: Vec<i32> = seq_values(&features)
+            .iter()
+            .map(|s| messages[*s as usize].partition)
+            .collect();
+        let partials = sql
+            .run_aggregate(with_partition_column(&processed, &parts)?)
+            .await?;
+        window::read_partials(&partials).map_err(|e| sql.aggregate_error(e))?;
+        Ok(())
     }
 
     /// Processes one micro-batch of raw records; returns the records to publish with its
@@ -519,7 +554,13 @@ impl Processor {
                 self.remove_archived(raw[0].partition, raw[0].offset)?;
                 vec![self.sql_error(&raw[0], &path, &message, now)]
             }
-            other => other?,
+            other => {
+                let out = other?;
+                self.sample.clear();
+                self.sample
+                    .extend_from_slice(&raw[..raw.len().min(SQL_SAMPLE)]);
+                out
+            }
         };
         // The windows this batch closed: in-process, or from the partials topic.
         let mut progress_out = Vec::new();

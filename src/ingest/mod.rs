@@ -61,8 +61,11 @@ impl std::str::FromStr for Speed {
             return Ok(Speed::Max);
         }
         match s.parse::<f64>() {
-            Ok(f) if f.is_finite() && f > 0.0 => Ok(Speed::Factor(f)),
-            _ => Err(format!("{s:?} is neither a positive number nor \"max\"")),
+            // Slower than a thousandth of real time, waits outgrow the clock's range.
+            Ok(f) if f.is_finite() && f >= 0.001 => Ok(Speed::Factor(f)),
+            _ => Err(format!(
+                "{s:?} is neither a number from 0.001 up nor \"max\""
+            )),
         }
     }
 }

@@ -387,7 +387,8 @@ impl OpenSkyClient {
             .json()
             .await
             .map_err(|e| PollError::Auth(format!("bad token response: {}", e.without_url())))?;
-        let expires = Instant::now() + Duration::from_secs(t.expires_in.unwrap_or(1800));
+        let expires =
+            Instant::now() + Duration::from_secs(t.expires_in.unwrap_or(1800).min(86_400));
         self.token = Some((t.access_token.clone(), expires));
         Ok(Some(t.access_token))
     }
@@ -445,7 +446,8 @@ impl OpenSkyClient {
                 }
                 429 => {
                     return Err(PollError::RateLimited(Duration::from_secs(
-                        retry_after.unwrap_or(60).max(1) as u64,
+                        // Credits come back within a day; a larger value would overflow the clock.
+                        retry_after.unwrap_or(60).clamp(1, 86_400) as u64,
                     )));
                 }
                 _ => {

@@ -317,6 +317,12 @@ impl Source for ReplaySource {
                 let Some(m) = self.pop_moment() else {
                     return Ok(None);
                 };
+                // Lines without a time before the first that has one (a header, say) are
+                // sent at once: paced from the epoch they would hold up the rest for
+                // decades.
+                if m.micros == 0 && self.start.is_none() {
+                    return Ok(Some(m.payloads));
+                }
                 let (t0, first) = *self.start.get_or_insert((Instant::now(), m.micros));
                 let offset = (m.micros - first).max(0) as f64 / 1e6 / f;
                 tokio::time::sleep_until(t0 + std::time::Duration::from_secs_f64(offset)).await;
@@ -386,6 +392,38 @@ mod tests {
         }
         // Seconds 0, 1, 2 (with the unreadable line after record 7), 3.
         assert_eq!(sizes, vec![3, 3, 4, 1]);
+    }
+
+    /// Paced at real time, a header line (no time) and two records a second apart take a
+    /// second, not the decades since the epoch the header would be placed at.
+    #[tokio::test(start_paused = true)]
+    async fn a_line_without_a_time_before_the_first_timed_one_does_not_hold_up_the_rest() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let t = |s: i64| {
+            DateTime::from_timestamp(1_795_600_800 + s, 0)
+                .unwrap()
+                .to_rfc3339()
+        };
+        let text = format!(
+            "icao24,timestamp\n{{\"i\":0,\"timestamp\":\"{}\"}}\n{{\"i\":1,\"timestamp\":\"{}\"}}\n",
+            t(0),
+            t(1)
+        );
+        std::fs::write(f.path(), text).unwrap();
+        let mut source = ReplaySource::open(f.path(), Speed::Factor(1.0)).unwrap();
+        let begun = tokio::time::Instant::now();
+        let mut read = Vec::new();
+        while let Some(chunk) = source.next_chunk().await.unwrap() {
+            read.extend(chunk.iter().map(|p| index(p)));
+        }
+        assert_eq!(read, vec![None, Some(0), Some(1)]);
+        // The paused clock only moves by the replay's own waits.
+        let waited = begun.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_secs(1)
+                && waited < std::time::Duration::from_secs(2),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test]

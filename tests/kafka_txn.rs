@@ -47,6 +47,28 @@ async fn create(topics: &[(&str, Option<&str>)]) {
 }
 
 /// The committed values of `topic`, in order.
+/// Publishes "raw 0", "raw 1", "raw 2" to `topic`.
+async fn produce_three(topic: &str) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..3 {
+        producer
+            .send(
+                FutureRecord::<(), _>::to(topic).payload(&format!("raw {i}")),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// (partition, offset) of each record of a batch.
+fn offsets(batch: &[contrail::bus::Message]) -> Vec<(i32, i64)> {
+    batch.iter().map(|m| (m.partition, m.offset)).collect()
+}
+
 fn payloads(topic: &str) -> Vec<Vec<u8>> {
     read_all(topic)
         .iter()
@@ -78,19 +100,7 @@ async fn a_record_the_broker_refuses_voids_the_transaction() {
     );
     let limit = OUTPUT_LIMIT.to_string();
     create(&[(&raw, None), (&out, Some(&limit))]).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    for i in 0..3 {
-        producer
-            .send(
-                FutureRecord::<(), _>::to(&raw).payload(&format!("raw {i}")),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-    }
+    produce_three(&raw).await;
 
     let mut consumer = KafkaBatchConsumer::new(&KafkaConsumerConfig {
         bootstrap: bootstrap(),
@@ -264,19 +274,7 @@ async fn a_revocation_while_the_batch_waits_voids_its_records() {
     let sfx = std::process::id();
     let (raw, group) = (format!("revoke-raw-{sfx}"), format!("revoke-group-{sfx}"));
     create(&[(&raw, None)]).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    for i in 0..3 {
-        producer
-            .send(
-                FutureRecord::<(), _>::to(&raw).payload(&format!("raw {i}")),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-    }
+    produce_three(&raw).await;
     let member = |instance: &str| KafkaConsumerConfig {
         bootstrap: bootstrap(),
         group_id: group.clone(),
@@ -302,12 +300,6 @@ async fn a_revocation_while_the_batch_waits_voids_its_records() {
         .unwrap();
     let (kept, revoked) = reading.await.unwrap();
 
-    let offsets = |batch: &[contrail::bus::Message]| {
-        batch
-            .iter()
-            .map(|m| (m.partition, m.offset))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
         offsets(&kept),
         vec![],
@@ -335,19 +327,7 @@ async fn recovery_is_not_voided_by_the_old_consumers_close() {
     let sfx = std::process::id();
     let (raw, group) = (format!("recover-raw-{sfx}"), format!("recover-group-{sfx}"));
     create(&[(&raw, None)]).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .unwrap();
-    for i in 0..3 {
-        producer
-            .send(
-                FutureRecord::<(), _>::to(&raw).payload(&format!("raw {i}")),
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-    }
+    produce_three(&raw).await;
     let mut consumer = KafkaBatchConsumer::new(&KafkaConsumerConfig {
         bootstrap: bootstrap(),
         group_id: group.clone(),
@@ -358,19 +338,13 @@ async fn recovery_is_not_voided_by_the_old_consumers_close() {
     })
     .await
     .unwrap();
-    let offsets = |batch: Vec<contrail::bus::Message>| {
-        batch
-            .iter()
-            .map(|m| (m.partition, m.offset))
-            .collect::<Vec<_>>()
-    };
     let all = vec![(0, 0), (0, 1), (0, 2)];
     let first = consumer
         .next_batch(BatchLimits::new(3, Duration::from_secs(20)))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(offsets(first), all);
+    assert_eq!(offsets(&first), all);
 
     consumer.recover().await.unwrap();
     // Closes by its deadline: the old consumer's close runs meanwhile.
@@ -380,7 +354,7 @@ async fn recovery_is_not_voided_by_the_old_consumers_close() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        offsets(again),
+        offsets(&again),
         all,
         "nothing was committed, so the new consumer reads the partition from its start"
     );

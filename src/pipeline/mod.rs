@@ -613,7 +613,6 @@ impl Processor {
         Ok(out)
     }
 
-    /// Restores the state of partitions seen for the first time, and the merger's.
     /// Deletes the archive files of `partition` from `first` (an offset) on: what a batch
     /// that did not commit wrote.
     fn remove_archived(&self, partition: i32, first: i64) -> Result<usize> {
@@ -626,6 +625,7 @@ impl Processor {
         })
     }
 
+    /// Restores the state of partitions seen for the first time, and the merger's.
     async fn restore(&mut self, ranges: &Ranges, progress: &[Message]) -> Result<()> {
         for (&p, &(first, _)) in ranges {
             if self.partitions.contains_key(&p) {

@@ -509,9 +509,10 @@ impl Processor {
     /// with its commit. The Parquet files are written (and durable) before this returns.
     ///
     /// A record that makes the SQL fail at run time (a cast its values do not survive, say)
-    /// does not stop the stage: the batch is processed again one record at a time, which
-    /// gives the same results for the others, and the failing record is dead-lettered with
-    /// reason `sql_error`.
+    /// does not stop the stage: the batch is processed again in halves, and halves of
+    /// those, until the failing records stand alone; that gives the others the results
+    /// they have in one batch, and each failing record is dead-lettered with reason
+    /// `sql_error`.
     pub async fn process_all(
         &mut self,
         raw: &[Message],
@@ -528,40 +529,45 @@ impl Processor {
         let now = self.clock.now();
         let ranges = offset_ranges(raw.iter());
         self.restore(&ranges, progress).await?;
-        let mut out = match self.process_batch(raw, now).await {
-            Err(Error::Sql { .. }) if raw.len() > 1 => {
-                tracing::warn!(
-                    records = raw.len(),
-                    "SQL failed on a micro-batch; retrying record by record"
-                );
-                // The failed attempt may have archived the batch already.
-                for (&p, &(first, _)) in &ranges {
-                    self.remove_archived(p, first)?;
-                }
-                let mut out = Vec::with_capacity(raw.len());
-                for one in raw.chunks(1) {
-                    match self.process_batch(one, now).await {
-                        Err(Error::Sql { path, message }) => {
-                            self.remove_archived(one[0].partition, one[0].offset)?;
-                            out.push(self.sql_error(&one[0], &path, &message, now));
+        // A part the SQL fails on is halved until the failing records stand alone; each
+        // part is processed from the state the parts before it left, in arrival order.
+        let mut out = Vec::with_capacity(raw.len());
+        let mut pending = vec![raw];
+        while let Some(part) = pending.pop() {
+            match self.process_batch(part, now).await {
+                Err(Error::Sql { path, message }) => {
+                    // The failed attempt may have archived the part already.
+                    for (&p, &(first, _)) in &offset_ranges(part.iter()) {
+                        self.remove_archived(p, first)?;
+                    }
+                    match part {
+                        [] => return Err(Error::Sql { path, message }),
+                        [one] => {
+                            out.push(self.sql_error(one, &path, &message, now));
+                            continue;
                         }
-                        other => out.extend(other?),
+                        _ => {}
+                    }
+                    if part.len() == raw.len() {
+                        tracing::warn!(
+                            records = raw.len(),
+                            "SQL failed on a micro-batch; retrying it in halves"
+                        );
+                    }
+                    let (first, second) = part.split_at(part.len() / 2);
+                    pending.push(second);
+                    pending.push(first);
+                }
+                other => {
+                    out.extend(other?);
+                    if part.len() == raw.len() && !raw.is_empty() {
+                        self.sample.clear();
+                        self.sample
+                            .extend_from_slice(&raw[..raw.len().min(SQL_SAMPLE)]);
                     }
                 }
-                out
             }
-            Err(Error::Sql { path, message }) if raw.len() == 1 => {
-                self.remove_archived(raw[0].partition, raw[0].offset)?;
-                vec![self.sql_error(&raw[0], &path, &message, now)]
-            }
-            other => {
-                let out = other?;
-                self.sample.clear();
-                self.sample
-                    .extend_from_slice(&raw[..raw.len().min(SQL_SAMPLE)]);
-                out
-            }
-        };
+        }
         // The windows this batch closed: in-process, or from the partials topic.
         let mut progress_out = Vec::new();
         let updates = std::mem::take(&mut self.progress);
@@ -711,8 +717,8 @@ impl Processor {
         OutRecord::new(&self.config.topics.dead_letter, m.key.clone(), dl.to_json())
     }
 
-    /// Archive files are named by the offsets of `messages` (one record at a time when
-    /// the SQL failed on the whole batch), so no call overwrites another's file.
+    /// Archive files are named by the offsets of `messages` (a part of the batch when the
+    /// SQL failed on the whole), so no call overwrites another's file.
     async fn process_batch(
         &mut self,
         messages: &[Message],
@@ -833,7 +839,7 @@ impl Processor {
         self.windows(processed, row_partitions, seq, messages, &rows, out)
             .await?;
         // Only now that nothing of the batch can fail in the SQL: a batch that fails there
-        // is processed again, record by record, from the state as it was.
+        // is processed again, in parts, from the state as it was.
         for (row, icao24, fix) in continuity::fixes(processed)? {
             self.partitions
                 .get_mut(&row_partitions[row])

@@ -301,6 +301,11 @@ pub struct WindowArgs {
     /// report.
     #[arg(long, env = "CONTRAIL_STATE_TTL", default_value = "1h", value_parser = duration)]
     pub state_ttl: Duration,
+    /// A record whose event time is further than this past both its ingest time and its
+    /// partition's largest event time is left out of the windows (late topic, reason
+    /// `ahead`) instead of moving the watermark.
+    #[arg(long, env = "CONTRAIL_MAX_EVENT_LEAD", default_value = "1d", value_parser = duration)]
+    pub max_event_lead: Duration,
 }
 
 impl WindowArgs {
@@ -312,6 +317,7 @@ impl WindowArgs {
             lateness_us: us(self.allowed_lateness),
             state_ttl_us: us(self.state_ttl),
             idle_timeout_us: us(self.idle_timeout),
+            max_lead_us: us(self.max_event_lead),
         }
     }
 }

@@ -381,11 +381,13 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
     );
     e.counter_by(
         "contrail_process_late_total",
-        "Late input, by reason: records behind their partition's watermark (also on the late \
-         topic) and window partials that arrived after their window closed.",
+        "Late input, by reason: records behind their partition's watermark, records whose \
+         event time is too far ahead to count (both also on the late topic) and window partials \
+         that arrived after their window closed.",
         "reason",
         &[
             ("behind_watermark", get(&s.late)),
+            ("ahead", get(&s.ahead)),
             ("late_partial", get(&s.late_partials)),
         ],
     );

@@ -81,6 +81,8 @@ async fn processor_with_sql(
     config.topics.processed = PROCESSED.into();
     config.topics.dead_letter = DLQ.into();
     config.archive_dir = archive;
+    // `messages` spreads the records over three partitions.
+    config.source_partitions = 3;
     config.batch = BatchLimits::new(1000, std::time::Duration::from_millis(10));
     config.model_path =
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/flight_anomaly_detector.json"));
@@ -1004,4 +1006,95 @@ async fn an_aggregate_sql_failure_leaves_the_state_as_it_was_for_the_retry() {
         processed(&got) == processed(&want),
         "the retry processed records on the failed attempt's state"
     );
+}
+
+#[tokio::test]
+async fn a_record_from_a_clock_days_ahead_leaves_the_watermark_and_windows_alone() {
+    let msgs = messages(&long_inputs(30, 20));
+    // Batches end elsewhere in the two runs, so the rows come in another order.
+    let windows = |out: &[OutRecord]| -> Vec<(String, String)> {
+        let mut rows: Vec<(String, String)> = out
+            .iter()
+            .filter(|r| r.topic == topic::AGGREGATED || r.topic == topic::AIRCRAFT_AGGREGATES)
+            .map(|r| (r.topic.clone(), json(r).to_string()))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let (mut reference, _) = processor(None).await;
+    let mut want = Vec::new();
+    for c in msgs.chunks(500) {
+        want.extend(reference.process(c).await.unwrap());
+    }
+
+    // The same records, and two reports two days ahead from an aircraft heard nowhere
+    // else (so no later record's features see them): one with its ingest time, one that
+    // claims to have been ingested then too (capped at the processing clock).
+    let (mut p, stats) = processor(None).await;
+    let mut got = Vec::new();
+    let (head, tail) = msgs.split_at(msgs.len() / 3);
+    got.extend(p.process(head).await.unwrap());
+    let mut ahead = Vec::new();
+    for (n, forged) in [(1_000_000, false), (1_000_001, true)] {
+        let mut v: serde_json::Value = serde_json::from_slice(&tail[0].payload).unwrap();
+        let ts = DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap();
+        v["timestamp"] = (ts + chrono::Duration::days(2)).to_rfc3339().into();
+        v["last_contact"] = (v["last_contact"].as_i64().unwrap() + 2 * 86_400).into();
+        v["icao24"] = "abcdef".into();
+        if forged {
+            v["ingest_timestamp"] = v["timestamp"].clone();
+        }
+        let mut m = messages(&[serde_json::to_vec(&v).unwrap()]).remove(0);
+        m.offset = n;
+        ahead.push(m);
+    }
+    got.extend(p.process(&ahead).await.unwrap());
+    for c in tail.chunks(500) {
+        got.extend(p.process(c).await.unwrap());
+    }
+
+    let late: Vec<serde_json::Value> = got
+        .iter()
+        .filter(|r| r.topic == topic::LATE)
+        .map(json)
+        .filter(|l| l["reason"] != "late_partial")
+        .collect();
+    let (_, dead) = split(&got);
+    assert!(dead.is_empty(), "{dead:?}");
+    assert_eq!(late.len(), 2, "{late:?}");
+    for l in &late {
+        assert_eq!(l["reason"], "ahead");
+        let sent: serde_json::Value = serde_json::from_slice(&ahead[0].payload).unwrap();
+        assert_eq!(l["record"]["icao24"], sent["icao24"]);
+    }
+    assert_eq!(
+        [late[0]["offset"].as_i64(), late[1]["offset"].as_i64()],
+        [Some(1_000_000), Some(1_000_001)]
+    );
+    let limit =
+        |l: &serde_json::Value| DateTime::parse_from_rfc3339(l["limit"].as_str().unwrap()).unwrap();
+    // A day past the later of the partition's largest event time and the record's
+    // ingest time (before that; the forged one is capped at the clock, before too).
+    let partition = ahead[0].partition;
+    let max_event = head
+        .iter()
+        .filter(|m| m.partition == partition)
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            DateTime::parse_from_rfc3339(v["timestamp"].as_str().unwrap()).unwrap()
+        })
+        .max()
+        .unwrap();
+    for l in &late {
+        assert_eq!(limit(l), max_event + chrono::Duration::days(1));
+    }
+    assert_eq!(stats.ahead.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(stats.late.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Processed like any record, and counted in no window.
+    assert_eq!(
+        got.iter().filter(|r| r.topic == PROCESSED).count(),
+        want.iter().filter(|r| r.topic == PROCESSED).count() + 2
+    );
+    assert!(!windows(&want).is_empty());
+    assert_eq!(windows(&got), windows(&want));
 }

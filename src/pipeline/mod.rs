@@ -120,6 +120,8 @@ pub struct ProcessStats {
     pub dead_lettered_by: crate::metrics::Counts,
     /// Records behind their partition's watermark; window partials after their window closed.
     pub late: AtomicU64,
+    /// Records left out of the windows because their event time was too far ahead.
+    pub ahead: AtomicU64,
     pub late_partials: AtomicU64,
     pub batches: AtomicU64,
     pub archive_files: AtomicU64,
@@ -904,7 +906,23 @@ impl Processor {
             .column_by_name("timestamp")
             .expect("contract column")
             .as_primitive::<TimestampMicrosecondType>();
+        // A record's ingest time, capped at the batch's processing time: a record claiming
+        // a later one (or, after a features.sql edit, without one) is taken as ingested now.
+        let now_us = processed
+            .column_by_name(PROCESSING_TIMESTAMP)
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .filter(|c| !c.is_empty())
+            .map_or(i64::MAX, |c| c.value(0));
+        let ingested = processed
+            .column_by_name("ingest_timestamp")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
+        let ingest_us = |i: usize| {
+            ingested
+                .filter(|c| arrow::array::Array::is_valid(*c, i))
+                .map_or(now_us, |c| c.value(i).min(now_us))
+        };
         let mut on_time = Vec::with_capacity(processed.num_rows());
+        let (mut late_count, mut ahead) = (0u64, 0u64);
         let mut expected: HashSet<(i32, i64)> = HashSet::new();
         // The watermarks as they were, for a failing aggregate.sql to leave them so.
         let before: Vec<(i32, Option<i64>)> = self
@@ -915,33 +933,42 @@ impl Processor {
         for (i, &p) in row_partitions.iter().enumerate() {
             let st = self.partitions.get_mut(&p).expect("restored");
             let t = ts.value(i);
-            let wm = st.watermark(&spec);
-            let late = st.observe(&spec, t);
-            on_time.push(!late);
-            if late {
-                let m = &messages[seq[i] as usize];
+            let m = &messages[seq[i] as usize];
+            let limit = st.lead_limit(&spec, ingest_us(i));
+            // Why the record counts in no window, as the head of its late-topic payload.
+            let head = if t > limit {
+                ahead += 1;
+                format!(r#""reason":"ahead","limit":"{}""#, rfc3339(limit))
+            } else {
+                let wm = st.watermark(&spec);
+                if !st.observe(&spec, t) {
+                    on_time.push(true);
+                    expected.insert((p, spec.start_of(t)));
+                    continue;
+                }
+                late_count += 1;
                 let start = spec.start_of(t);
-                let mut payload = format!(
-                    r#"{{"reason":"late","window_start":"{}","window_end":"{}","watermark":"{}","partition":{},"offset":{},"record":"#,
+                format!(
+                    r#""reason":"late","window_start":"{}","window_end":"{}","watermark":"{}""#,
                     rfc3339(start),
                     rfc3339(start + spec.length_us),
                     rfc3339(wm),
-                    m.partition,
-                    m.offset
                 )
-                .into_bytes();
-                payload.extend_from_slice(rows.get(i));
-                payload.push(b'}');
-                out.push(OutRecord::new(
-                    &self.config.topics.late,
-                    m.key.clone(),
-                    payload,
-                ));
-            } else {
-                expected.insert((p, spec.start_of(t)));
-            }
+            };
+            on_time.push(false);
+            let mut payload = format!(
+                r#"{{{head},"partition":{},"offset":{},"record":"#,
+                m.partition, m.offset
+            )
+            .into_bytes();
+            payload.extend_from_slice(rows.get(i));
+            payload.push(b'}');
+            out.push(OutRecord::new(
+                &self.config.topics.late,
+                m.key.clone(),
+                payload,
+            ));
         }
-        let late = on_time.iter().filter(|x| !**x).count();
         let mask = BooleanArray::from(on_time);
         let records = filter_record_batch(processed, &mask)?;
         let parts: Vec<i32> = row_partitions
@@ -961,7 +988,8 @@ impl Processor {
                 return Err(e);
             }
         };
-        self.stats.late.fetch_add(late as u64, Ordering::Relaxed);
+        self.stats.late.fetch_add(late_count, Ordering::Relaxed);
+        self.stats.ahead.fetch_add(ahead, Ordering::Relaxed);
         for bp in &partials {
             self.partitions
                 .get_mut(&bp.partition)

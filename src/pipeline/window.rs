@@ -11,6 +11,10 @@
 //! - a record is *late* when its window closed before it arrived (the partition's
 //!   watermark had reached the window's end plus the allowed lateness); late records are
 //!   counted and published to the late-data topic, never merged;
+//! - a record is *ahead* when its event time is more than `max_lead_us` past both its
+//!   ingest time and the largest event time the partition has seen: a clock that far off
+//!   would otherwise advance the watermark for good and make every later record late.
+//!   Ahead records go to the late-data topic too, and leave the watermark where it was;
 //! - at the end of a micro-batch, every window the watermark has closed is emitted.
 //!
 //! Partials are mergeable and exact: counts, minima, maxima, and sums in fixed point
@@ -58,6 +62,9 @@ pub struct WindowSpec {
     /// A partition whose watermark has not moved for this long (wall clock) stops holding
     /// back the global watermark.
     pub idle_timeout_us: i64,
+    /// A record whose event time is further than this past both its ingest time and its
+    /// partition's largest event time is left out of the windows (see the module doc).
+    pub max_lead_us: i64,
 }
 
 impl Default for WindowSpec {
@@ -69,6 +76,7 @@ impl Default for WindowSpec {
             lateness_us: 0,
             state_ttl_us: 60 * MIN,
             idle_timeout_us: MIN,
+            max_lead_us: 24 * 60 * MIN,
         }
     }
 }
@@ -225,6 +233,15 @@ impl PartitionState {
 
     pub fn open_windows(&self) -> usize {
         self.open.values().map(BTreeSet::len).sum()
+    }
+
+    /// The latest event time a record ingested at `ingest_us` may carry to count: the
+    /// lead past that or past the largest event time seen, whichever is later. Check it
+    /// before [`Self::observe`].
+    pub fn lead_limit(&self, spec: &WindowSpec, ingest_us: i64) -> i64 {
+        self.max_event_us
+            .map_or(ingest_us, |m| m.max(ingest_us))
+            .saturating_add(spec.max_lead_us)
     }
 
     /// Whether a record at `ts_us` is late, then advances the watermark past it. Call in
@@ -661,6 +678,41 @@ mod tests {
         assert!(p.observe(&s, t0 + 3 * MIN), "window closed: late");
         // A record for the still-open next window is fine.
         assert!(!p.observe(&s, t0 + 10 * MIN));
+    }
+
+    #[test]
+    fn the_lead_limit_follows_the_later_of_ingest_time_and_the_partition_s_event_time() {
+        let s = WindowSpec {
+            max_lead_us: 60 * MIN,
+            ..spec()
+        };
+        let mut p = PartitionState::default();
+        let ingest = 1000 * MIN;
+        assert_eq!(
+            p.lead_limit(&s, ingest),
+            ingest + 60 * MIN,
+            "no event time yet"
+        );
+        // Event time running ahead of the wall clock (a simulator at full speed): each
+        // record is close to the one before, so the limit moves with them.
+        p.observe(&s, ingest + 50 * MIN);
+        assert_eq!(p.lead_limit(&s, ingest), ingest + 110 * MIN);
+        p.observe(&s, ingest + 100 * MIN);
+        assert_eq!(p.lead_limit(&s, ingest), ingest + 160 * MIN);
+        // A partition whose event time is behind (a replay of history): ingest time rules.
+        let mut old = PartitionState::default();
+        old.observe(&s, 10 * MIN);
+        assert_eq!(old.lead_limit(&s, ingest), ingest + 60 * MIN);
+        assert_eq!(
+            PartitionState::default().lead_limit(
+                &WindowSpec {
+                    max_lead_us: i64::MAX,
+                    ..s
+                },
+                1
+            ),
+            i64::MAX
+        );
     }
 
     #[test]

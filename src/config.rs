@@ -231,16 +231,35 @@ pub struct OpenSkyArgs {
     #[arg(long, env = "CONTRAIL_POLL_INTERVAL", default_value = "15s", value_parser = duration)]
     pub poll_interval: Duration,
     /// Timeout of one API call (a global snapshot is ~1 MB).
-    #[arg(long, env = "CONTRAIL_OPENSKY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    #[arg(long, env = "CONTRAIL_OPENSKY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub opensky_timeout: Duration,
     /// First wait after a failed poll; it doubles (with jitter) up to --backoff-max.
-    #[arg(long, env = "CONTRAIL_BACKOFF_MIN", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "CONTRAIL_BACKOFF_MIN", default_value = "1s", value_parser = positive_duration)]
     pub backoff_min: Duration,
-    #[arg(long, env = "CONTRAIL_BACKOFF_MAX", default_value = "5m", value_parser = duration)]
+    #[arg(long, env = "CONTRAIL_BACKOFF_MAX", default_value = "5m", value_parser = positive_duration)]
     pub backoff_max: Duration,
     /// Stop after this many successful polls [default: never].
     #[arg(long, env = "CONTRAIL_POLLS")]
     pub polls: Option<u64>,
+}
+
+impl OpenSkyArgs {
+    /// The polling settings; the one check clap cannot make alone is that the backoff
+    /// range is not upside down.
+    pub fn poll_config(&self) -> Result<crate::ingest::opensky::PollConfig, String> {
+        if self.backoff_max < self.backoff_min {
+            return Err(format!(
+                "--backoff-max ({:?}) is shorter than --backoff-min ({:?})",
+                self.backoff_max, self.backoff_min
+            ));
+        }
+        Ok(crate::ingest::opensky::PollConfig {
+            interval: self.poll_interval,
+            backoff_min: self.backoff_min,
+            backoff_max: self.backoff_max,
+            max_polls: self.polls,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -668,6 +687,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
 fn whole_seconds(s: &str) -> Result<Duration, String> {
     let d = duration(s)?;
     if d.is_zero() || d.subsec_nanos() != 0 {
@@ -726,6 +752,14 @@ mod tests {
                 vec!["contrail", "demo", "--watermark-delay", "5 parsecs"],
                 "--watermark-delay",
             ),
+            (
+                vec!["contrail", "record", "--out", "x", "--backoff-min", "0s"],
+                "--backoff-min",
+            ),
+            (
+                vec!["contrail", "ingest", "--opensky-timeout", "0"],
+                "--opensky-timeout",
+            ),
         ] {
             let e = Cli::try_parse_from(&args).unwrap_err().to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
@@ -755,6 +789,26 @@ mod tests {
         assert_eq!(w.length_us, 600_000_000);
         assert_eq!(w.delay_us, 300_000_000);
         assert_eq!(w.lateness_us, 0);
+    }
+
+    #[test]
+    fn an_upside_down_backoff_range_names_both_flags() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["contrail", "record", "--out", "x"];
+            v.extend(extra);
+            let Command::Record(r) = Cli::try_parse_from(v).unwrap().command else {
+                panic!()
+            };
+            r.opensky.poll_config()
+        };
+        let e = args(&["--backoff-min", "10m", "--backoff-max", "1m"]).unwrap_err();
+        assert!(
+            e.contains("--backoff-max") && e.contains("--backoff-min"),
+            "{e}"
+        );
+        let ok = args(&["--backoff-min", "1m", "--backoff-max", "1m"]).unwrap();
+        assert_eq!(ok.backoff_max, Duration::from_secs(60));
+        assert_eq!(args(&[]).unwrap().backoff_max, Duration::from_secs(300));
     }
 
     #[test]

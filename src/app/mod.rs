@@ -29,7 +29,7 @@ use crate::config::{OpenSkyArgs, RecordArgs, SimulatorArgs};
 use crate::dashboard::snapshot::Settings;
 use crate::dead_letter::DeadLetter;
 use crate::http::HttpServer;
-use crate::ingest::opensky::{ClientConfig, Credentials, OpenSkyClient, OpenSkySource, PollConfig};
+use crate::ingest::opensky::{ClientConfig, Credentials, OpenSkyClient, OpenSkySource};
 use crate::ingest::replay::ReplaySource;
 use crate::ingest::simulator::SimulatorConfig;
 use crate::ingest::{IngestStats, IngestTopics, SimulatorSource, Source, Speed, run_ingest};
@@ -75,6 +75,7 @@ fn build_source(args: &SourceArgs) -> anyhow::Result<Box<dyn Source>> {
 }
 
 fn opensky_source(o: &OpenSkyArgs) -> anyhow::Result<OpenSkySource> {
+    let poll = o.poll_config().map_err(anyhow::Error::msg)?;
     let credentials = Credentials::load(o.opensky_credentials.as_deref())?;
     let client = OpenSkyClient::new(ClientConfig {
         api_url: o.opensky_api_url.clone(),
@@ -83,15 +84,7 @@ fn opensky_source(o: &OpenSkyArgs) -> anyhow::Result<OpenSkySource> {
         bbox: o.bbox,
         timeout: o.opensky_timeout,
     })?;
-    Ok(OpenSkySource::new(
-        client,
-        PollConfig {
-            interval: o.poll_interval,
-            backoff_min: o.backoff_min,
-            backoff_max: o.backoff_max,
-            max_polls: o.polls,
-        },
-    ))
+    Ok(OpenSkySource::new(client, poll))
 }
 
 /// `contrail record`: OpenSky `/states/all` responses -> one JSON line per poll.

@@ -368,6 +368,85 @@ fn json_api_and_events() {
     }
 }
 
+impl Demo {
+    /// Polls `/api/summary` until `done` holds of it.
+    fn wait_summary(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let s = self.json("/api/summary");
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{what}: not seen in 120 s: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        let line = text
+            .lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in /metrics"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+}
+
+/// The shipped SQL files in a folder of their own, for a demo whose edits a test makes.
+fn copy_of_sql() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    for name in ["clean.sql", "features.sql", "aggregate.sql"] {
+        std::fs::copy(sql.join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_rejected_sql_edit_is_on_the_dashboard_until_it_is_fixed() {
+    let sql = copy_of_sql();
+    let demo = Demo::start(&[
+        "--sql-dir",
+        sql.path().to_str().unwrap(),
+        "--aircraft",
+        "100",
+        "--speed",
+        "20",
+        "--no-archive",
+    ]);
+    // Edits are tried on the last batch's records: wait for one.
+    let first = demo.wait_summary("records", |s| s["records"].as_u64() > Some(0));
+    assert_eq!(first["notices"], serde_json::json!([]));
+
+    let features = sql.path().join("features.sql");
+    let good = std::fs::read_to_string(&features).unwrap();
+    std::fs::write(&features, format!("{good}\nSELEC broken")).unwrap();
+    let rejected = demo.wait_summary("the rejection", |s| {
+        s["notices"].as_array().is_some_and(|n| !n.is_empty())
+    });
+    let notices = rejected["notices"].as_array().unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let text = notices[0].as_str().unwrap();
+    assert!(
+        text.starts_with("SQL edit rejected; the last good plan keeps running")
+            && text.contains("features.sql"),
+        "{text}"
+    );
+    assert_eq!(demo.metric("contrail_process_sql_rejections_total"), 1.0);
+    // The last good plan goes on: records keep coming.
+    let before = rejected["records"].as_u64().unwrap();
+    demo.wait_summary("records after the rejection", |s| {
+        s["records"].as_u64() > Some(before)
+    });
+
+    std::fs::write(&features, &good).unwrap();
+    demo.wait_summary("the notice gone", |s| s["notices"] == serde_json::json!([]));
+    assert_eq!(demo.metric("contrail_process_sql_reloads_total"), 1.0);
+}
+
 fn chromium() -> PathBuf {
     let path = PathBuf::from(
         std::env::var("CONTRAIL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
@@ -396,7 +475,10 @@ fn dashboard_in_chromium() {
         empty.path().to_str().unwrap(),
         "--no-archive",
     ]);
+    let sql = copy_of_sql();
     let live = Demo::start(&[
+        "--sql-dir",
+        sql.path().to_str().unwrap(),
         "--aircraft",
         "200",
         "--speed",
@@ -432,6 +514,7 @@ fn dashboard_in_chromium() {
         .env("LIVE_URL", &live.url)
         .env("WAITING_URL", &waiting.url)
         .env("SCREENSHOT", &screenshot)
+        .env("SQL_DIR", sql.path())
         .stderr(Stdio::inherit())
         .output()
         .expect("node not found");
@@ -457,6 +540,7 @@ async fn ready_waits_for_the_live_store() {
             track_timeout: 300_000_000,
         },
         std::sync::Arc::new(|_| {}),
+        std::sync::Arc::new(Vec::new),
         stop.clone(),
     )
     .await

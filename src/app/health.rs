@@ -61,9 +61,10 @@ pub fn ingest_router(
         )
 }
 
-/// `contrail process`'s endpoint: `/metrics` (the stage's counters), `/health` (alive) and
-/// `/ready` (200 once topics, model and SQL were checked and the consumer created).
+/// `contrail process`'s endpoint: `/metrics` (the stage's counters), `/health` (alive, and
+/// the edits it rejected: [`crate::pipeline::ProcessStats::notices`]) and `/ready` (200 once topics, model and SQL were checked and the consumer created).
 pub fn process_router(stats: Arc<crate::pipeline::ProcessStats>, ready: Arc<AtomicBool>) -> Router {
+    let health = Arc::clone(&stats);
     Router::new()
         .route(
             "/metrics",
@@ -78,7 +79,10 @@ pub fn process_router(stats: Arc<crate::pipeline::ProcessStats>, ready: Arc<Atom
         )
         .route(
             "/health",
-            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+            get(move || {
+                let notices = health.notices();
+                async move { axum::Json(json!({ "status": "ok", "notices": notices })) }
+            }),
         )
         .route("/ready", readiness(ready))
 }

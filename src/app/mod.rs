@@ -256,10 +256,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             crate::metrics::grpc(e, &g);
         })
     };
+    let notices: crate::dashboard::NoticesFn = {
+        let p = Arc::clone(&process_stats);
+        Arc::new(move || p.notices())
+    };
     let http = start_dashboard(
         &args.dashboard,
         Arc::clone(&store),
         metrics,
+        notices,
         stop_servers.clone(),
     )
     .await?;
@@ -404,6 +409,7 @@ async fn start_dashboard(
     d: &DashboardArgs,
     store: Arc<LiveStore>,
     metrics: crate::metrics::MetricsFn,
+    notices: crate::dashboard::NoticesFn,
     stop: CancellationToken,
 ) -> anyhow::Result<HttpServer> {
     let us = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
@@ -417,6 +423,7 @@ async fn start_dashboard(
         d.web_dir.clone(),
         settings,
         metrics,
+        notices,
         stop,
     )
     .await?;
@@ -466,6 +473,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let g = Arc::clone(&grpc.stats);
             Arc::new(move |e| crate::metrics::grpc(e, &g))
         },
+        Arc::new(Vec::new),
         stop.clone(),
     )
     .await?;

@@ -45,7 +45,12 @@ struct App {
     web_dir: Arc<PathBuf>,
     stop: CancellationToken,
     metrics: MetricsFn,
+    notices: NoticesFn,
 }
+
+/// What the pipeline behind the dashboard wants its operator to know (a rejected edit);
+/// nothing where the dashboard does not run the pipeline (`serve`).
+pub type NoticesFn = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 impl App {
     fn view(&self) -> View<'_> {
@@ -53,6 +58,7 @@ impl App {
             store: &self.store,
             settings: self.settings,
             now: chrono::Utc::now().timestamp_micros(),
+            notices: (self.notices)(),
         }
     }
 }
@@ -64,6 +70,7 @@ pub async fn start(
     web_dir: PathBuf,
     settings: Settings,
     metrics: MetricsFn,
+    notices: NoticesFn,
     stop: CancellationToken,
 ) -> anyhow::Result<HttpServer> {
     // Missing files do not stop the process (gRPC and the JSON API still serve); the
@@ -89,6 +96,7 @@ pub async fn start(
         web_dir: Arc::new(web_dir),
         stop: stop.clone(),
         metrics,
+        notices,
     };
     let router = Router::new()
         .route("/", get(index))

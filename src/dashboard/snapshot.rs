@@ -70,6 +70,8 @@ pub struct Summary {
     pub records: u64,
     /// Tracked aircraft squawking 7500, 7600 or 7700.
     pub emergencies: usize,
+    /// What the pipeline wants its operator to know: a rejected SQL or model edit.
+    pub notices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -331,6 +333,7 @@ pub struct View<'a> {
     pub settings: Settings,
     /// Wall clock, microseconds.
     pub now: i64,
+    pub notices: Vec<String>,
 }
 
 impl View<'_> {
@@ -402,6 +405,7 @@ impl View<'_> {
             track_timeout_s: self.settings.track_timeout as f64 / 1e6,
             records: self.store.states.load(std::sync::atomic::Ordering::Relaxed),
             emergencies: items.iter().filter(|(_, i)| i.emergency.is_some()).count(),
+            notices: self.notices.clone(),
         }
     }
 
@@ -554,6 +558,7 @@ mod tests {
                 track_timeout: 300_000_000,
             },
             now: chrono::Utc::now().timestamp_micros() + (now_offset_s * 1e6) as i64,
+            notices: Vec::new(),
         }
     }
 

@@ -150,6 +150,34 @@ pub struct ProcessStats {
     pub latency: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
     /// Records not yet consumed per assigned (topic, partition), after the last batch.
     pub lag: std::sync::Mutex<Vec<(String, i32, i64)>>,
+    /// Why the last edit of the SQL files, and of the model file, was rejected; `None`
+    /// once the files load again (or were never rejected).
+    pub rejected_sql: std::sync::Mutex<Option<String>>,
+    pub rejected_model: std::sync::Mutex<Option<String>>,
+}
+
+impl ProcessStats {
+    /// What an operator should know about and fix: edits the stage rejected and still
+    /// runs without. Shown on `/health` and the dashboard.
+    pub fn notices(&self) -> Vec<String> {
+        let get = |m: &std::sync::Mutex<Option<String>>| m.lock().expect("stats lock").clone();
+        let mut out = Vec::new();
+        if let Some(e) = get(&self.rejected_sql) {
+            out.push(format!(
+                "SQL edit rejected; the last good plan keeps running: {e}"
+            ));
+        }
+        if let Some(e) = get(&self.rejected_model) {
+            out.push(format!(
+                "Model file rejected; the last good model keeps scoring: {e}"
+            ));
+        }
+        out
+    }
+
+    fn set(slot: &std::sync::Mutex<Option<String>>, value: Option<String>) {
+        *slot.lock().expect("stats lock") = value;
+    }
 }
 
 /// The Parquet datasets the stage writes.
@@ -432,6 +460,7 @@ impl Processor {
                 tracing::info!(path = %path.display(), threshold = model.threshold, "anomaly model reloaded");
                 self.scorer.swap(model);
                 self.stats.model_reloads.fetch_add(1, Ordering::Relaxed);
+                ProcessStats::set(&self.stats.rejected_model, None);
             }
             Ok(model) => {
                 tracing::error!(
@@ -441,10 +470,20 @@ impl Processor {
                     "model file rejected: its features differ from the running SQL's; the last good model keeps scoring (restart to change features)"
                 );
                 self.stats.model_rejections.fetch_add(1, Ordering::Relaxed);
+                ProcessStats::set(
+                    &self.stats.rejected_model,
+                    Some(format!(
+                        "{}: its features ({}) differ from the running SQL's ({}); restart to change features",
+                        path.display(),
+                        model.features.join(","),
+                        current.join(",")
+                    )),
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "model file rejected; the last good model keeps scoring");
                 self.stats.model_rejections.fetch_add(1, Ordering::Relaxed);
+                ProcessStats::set(&self.stats.rejected_model, Some(e.to_string()));
             }
         }
     }
@@ -469,10 +508,12 @@ impl Processor {
                 tracing::info!(dir = %self.config.sql_dir.display(), "SQL files reloaded");
                 self.sql = sql;
                 self.stats.sql_reloads.fetch_add(1, Ordering::Relaxed);
+                ProcessStats::set(&self.stats.rejected_sql, None);
             }
             Err(e) => {
                 tracing::error!(error = %e, "SQL edit rejected; the last good plan keeps running");
                 self.stats.sql_rejections.fetch_add(1, Ordering::Relaxed);
+                ProcessStats::set(&self.stats.rejected_sql, Some(e.to_string()));
             }
         }
     }

@@ -9,12 +9,15 @@
 //   LIVE_URL             a demo whose simulator runs for a while, then stops (--keep-serving)
 //   WAITING_URL          (test) a demo that has processed nothing
 //   SCREENSHOT           (test) where to save the screenshot
+//   SQL_DIR              (test) the live demo's --sql-dir, to make and undo a bad edit
 //   SOAK_SECONDS         (soak) how long to auto-refresh at 1 s (default 600)
 //
 // Prints one `figure: {...}` JSON line per measurement; exits 1 with the failed check's
 // message.
 
 import { createRequire } from 'node:module';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 const require = createRequire(new URL('../../web/package.json', import.meta.url));
 const { chromium } = require('playwright-core');
@@ -132,6 +135,20 @@ async function test(browser) {
   await page.screenshot({ path: env.SCREENSHOT });
   await page.setViewportSize({ width: 1600, height: 1200 });
   console.log(`screenshot: ${env.SCREENSHOT}`);
+
+  // A bad SQL edit: the pipeline keeps its last good plan and the page says why, until
+  // the file is fixed.
+  check(!(await page.isVisible('#notices')), 'no notice while the SQL files load');
+  const features = join(env.SQL_DIR, 'features.sql');
+  const good = readFileSync(features, 'utf8');
+  writeFileSync(features, `${good}\nSELEC broken`);
+  await page.waitForSelector('#notices', { state: 'visible', timeout: 30000 });
+  const notice = await page.textContent('#notices');
+  check(notice.includes('SQL edit rejected') && notice.includes('features.sql'),
+    `the rejected edit is on the page, with its file (${notice.slice(0, 80)}…)`);
+  writeFileSync(features, good);
+  await page.waitForSelector('#notices', { state: 'hidden', timeout: 30000 });
+  check(true, 'the notice goes once the file is fixed');
 
   // Refresh interval: 1 s, then 3 s, as the gaps between snapshots show.
   const gaps = async (count) => {

@@ -241,6 +241,16 @@ function showStatus() {
   } else {
     banner.hidden = true;
   }
+
+  // Edits the pipeline rejected (it runs on the last good ones until they are fixed).
+  const notices = summary?.notices ?? [];
+  const box = $('notices');
+  box.replaceChildren(...notices.map((text) => {
+    const p = document.createElement('p');
+    p.textContent = text;
+    return p;
+  }));
+  box.hidden = notices.length === 0;
 }
 
 function showEmergencies(list) {

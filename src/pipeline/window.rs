@@ -498,9 +498,11 @@ pub fn read_partials(batch: &RecordBatch) -> std::result::Result<Vec<BatchPartia
         let a = ints[k].as_primitive::<Int64Type>();
         if a.is_valid(row) { a.value(row) } else { 0 }
     };
+    // -0.0 becomes 0.0 (-0.0 + 0.0 is 0.0): `f64::min` may return either of the two, so
+    // a minimum would otherwise depend on the order partials merge in.
     let f = |k: usize, row: usize| {
         let a = floats[k].as_primitive::<Float64Type>();
-        a.is_valid(row).then(|| a.value(row))
+        a.is_valid(row).then(|| a.value(row) + 0.0)
     };
     (0..batch.num_rows())
         .map(|row| {
@@ -739,6 +741,60 @@ mod tests {
         let rest = p.close(&s, true);
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].window_start, t0 + 10 * MIN);
+    }
+
+    #[test]
+    fn a_negative_zero_minimum_is_read_as_zero_so_merge_order_cannot_show() {
+        use arrow::array::{Int32Array, StringArray};
+        let zeros = Float64Array::from(vec![Some(-0.0), Some(0.0)]);
+        let ints = Int64Array::from(vec![1, 1]);
+        let mut fields = vec![
+            Field::new(PARTITION_COLUMN, DataType::Int32, false),
+            Field::new("window_start", timestamp_type(), false),
+            Field::new("icao24", DataType::Utf8, false),
+        ];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(vec![0, 0])),
+            Arc::new(TimestampMicrosecondArray::from(vec![0, 0]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec!["aaa", "bbb"])),
+        ];
+        for name in [
+            "event_count",
+            "anomaly_count",
+            "velocity_count",
+            "velocity_sum_e6",
+            "altitude_count",
+            "altitude_sum_e3",
+            "anomaly_score_count",
+            "anomaly_score_sum_e9",
+        ] {
+            fields.push(Field::new(name, DataType::Int64, false));
+            columns.push(Arc::new(ints.clone()));
+        }
+        for name in [
+            "velocity_min",
+            "velocity_max",
+            "altitude_min",
+            "altitude_max",
+        ] {
+            fields.push(Field::new(name, DataType::Float64, true));
+            columns.push(Arc::new(zeros.clone()));
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let read = read_partials(&batch).unwrap();
+        let (a, b) = (&read[0].stats, &read[1].stats);
+        assert!(a.velocity_min.unwrap().is_sign_positive());
+        let (mut ab, mut ba) = (a.clone(), b.clone());
+        ab.merge(b).unwrap();
+        ba.merge(a).unwrap();
+        for (x, y) in [
+            (ab.velocity_min, ba.velocity_min),
+            (ab.velocity_max, ba.velocity_max),
+            (ab.altitude_min, ba.altitude_min),
+            (ab.altitude_max, ba.altitude_max),
+        ] {
+            assert_eq!(x.unwrap().to_bits(), y.unwrap().to_bits());
+        }
     }
 
     #[test]

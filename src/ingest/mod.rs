@@ -27,7 +27,7 @@ use crate::clock::SharedClock;
 use crate::dead_letter::DeadLetter;
 use crate::error::{Error, Result};
 use simulator::{Emitted, LabelWriter, Simulator, SimulatorConfig};
-use validate::{Dedupe, validate};
+use validate::{Dedupe, Rejection, validate};
 
 /// A producer of raw payloads (JSON bytes, one record each).
 #[async_trait]
@@ -38,6 +38,13 @@ pub trait Source: Send {
     /// The source's own counters for the health endpoint, readable from other tasks.
     fn health(&self) -> Option<SourceHealth> {
         None
+    }
+
+    /// What the source read but could not make a payload of (a state row off the
+    /// contract, a recorded response that does not parse), with why: taken after each
+    /// chunk, and once more at the end, for the dead-letter topic.
+    fn take_rejected(&mut self) -> Vec<(Rejection, Vec<u8>)> {
+        Vec::new()
     }
 }
 
@@ -208,12 +215,25 @@ pub async fn run_ingest(
             () = shutdown.cancelled() => return Ok(()),
             chunk = source.next_chunk() => chunk?,
         };
-        let Some(chunk) = chunk else { return Ok(()) };
+        let rejected = source.take_rejected();
+        let ended = chunk.is_none();
+        let chunk = chunk.unwrap_or_default();
+        if ended && rejected.is_empty() {
+            return Ok(());
+        }
         let now = clock.now();
-        let mut out = Vec::with_capacity(chunk.len());
+        let mut out = Vec::with_capacity(chunk.len() + rejected.len());
         let (mut published, mut duplicates, mut dead) = (0, 0, 0);
-        for payload in &chunk {
-            match validate(payload) {
+        let checked = chunk
+            .iter()
+            .map(|payload| (validate(payload), payload.as_slice()))
+            .chain(
+                rejected
+                    .iter()
+                    .map(|(r, payload)| (Err(r.clone()), payload.as_slice())),
+            );
+        for (result, payload) in checked {
+            match result {
                 Ok(mut record) => {
                     if dedupe.is_repeat(&record.icao24, record.last_contact) {
                         duplicates += 1;
@@ -247,10 +267,15 @@ pub async fn run_ingest(
             }
         }
         publisher.publish(out).await?;
-        stats.read.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        stats
+            .read
+            .fetch_add((chunk.len() + rejected.len()) as u64, Ordering::Relaxed);
         stats.published.fetch_add(published, Ordering::Relaxed);
         stats.duplicates.fetch_add(duplicates, Ordering::Relaxed);
         stats.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+        if ended {
+            return Ok(());
+        }
     }
 }
 
@@ -346,5 +371,77 @@ mod tests {
             assert_eq!(d.stage, "ingest");
             assert!(validate(&d.original_payload()).is_err());
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_source_cannot_read_is_dead_lettered_with_its_own_error() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let good = r#"["4ca1fa","RYR12AB ","Ireland",1795600790,1795600800,-6.2,53.4,3048,false,200,90,0,null,3100,"1234",false,0,4]"#;
+        let lines = [
+            format!(
+                r#"{{"poll_time":"2026-11-25T10:00:00Z","response":{{"time":1795600800,"states":[{good},["short",1]]}}}}"#
+            ),
+            r#"{"poll_time":"2026-11-25T10:00:10Z","response":{"states":[]}}"#.to_string(),
+        ];
+        std::fs::write(file.path(), lines.join("\n")).unwrap();
+        let mut source = replay::ReplaySource::open(file.path(), Speed::Max).unwrap();
+        let bus = MemoryBus::new(1_000);
+        let (mut raw, mut dlq) = (bus.subscribe("raw"), bus.subscribe("dlq"));
+        let topics = IngestTopics {
+            raw: "raw".into(),
+            dead_letter: "dlq".into(),
+        };
+        let stats = Arc::new(IngestStats::default());
+        run_ingest(
+            &mut source,
+            &bus,
+            &topics,
+            ManualClock::new(1_795_600_900_000_000),
+            Arc::clone(&stats),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        use crate::bus::{BatchConsumer, BatchLimits};
+        let limits = BatchLimits::new(100, Duration::from_millis(20));
+        let published = raw.next_batch(limits).await.unwrap().unwrap();
+        assert_eq!(published.len(), 1);
+        let dead: Vec<DeadLetter> = dlq
+            .next_batch(limits)
+            .await
+            .unwrap()
+            .unwrap()
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect();
+        let got: Vec<(&str, &str, Vec<u8>)> = dead
+            .iter()
+            .map(|d| (d.reason.as_str(), d.message.as_str(), d.original_payload()))
+            .collect();
+        let unreadable = format!(
+            "line 2 of {}: a recorded response that does not parse: the response has no integer \"time\"",
+            file.path().display()
+        );
+        assert_eq!(
+            got,
+            [
+                (
+                    validate::reason::SCHEMA,
+                    "state 1 of the response at 1795600800: a state has 2 fields, at least 17 expected",
+                    br#"["short",1]"#.to_vec()
+                ),
+                (
+                    validate::reason::SCHEMA,
+                    unreadable.as_str(),
+                    lines[1].as_bytes().to_vec()
+                ),
+            ]
+        );
+        let s = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(
+            (s(&stats.read), s(&stats.published), s(&stats.dead_lettered)),
+            (3, 1, 2)
+        );
+        assert_eq!(source.unreadable, 1);
     }
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::Source;
 use super::record::RawRecord;
+use super::validate::{Rejection, reason};
 use crate::error::{Error, Result};
 
 pub const DEFAULT_API_URL: &str = "https://opensky-network.org/api";
@@ -148,15 +149,46 @@ pub fn credit_cost(bbox: Option<&BoundingBox>) -> u32 {
 pub struct States {
     /// The snapshot's time (Unix s).
     pub time: i64,
-    /// One payload per state: a raw record's JSON, or the row's own JSON when it does not
-    /// fit the contract (validation dead-letters it).
+    /// One raw record's JSON per state that fits the contract.
     pub payloads: Vec<Vec<u8>>,
-    /// (icao24, last_contact) of each valid row, in order (for "unchanged" detection).
-    pub keys: Vec<Option<(String, i64)>>,
+    /// (icao24, last_contact) of each payload, in order (for "unchanged" detection).
+    pub keys: Vec<(String, i64)>,
+    /// The rows that do not fit, each with why and its own JSON (for the dead-letter topic).
+    pub rejected: Vec<(Rejection, Vec<u8>)>,
 }
 
 fn num(v: &Value) -> Option<f64> {
     v.as_f64()
+}
+
+/// A state vector's fields in their order (OPENSKY.md), for error messages.
+const FIELDS: [&str; 18] = [
+    "icao24",
+    "callsign",
+    "origin_country",
+    "time_position",
+    "last_contact",
+    "longitude",
+    "latitude",
+    "baro_altitude",
+    "on_ground",
+    "velocity",
+    "true_track",
+    "vertical_rate",
+    "sensors",
+    "geo_altitude",
+    "squawk",
+    "spi",
+    "position_source",
+    "category",
+];
+
+/// "field 5 (longitude)".
+fn field(i: usize) -> String {
+    match FIELDS.get(i) {
+        Some(name) => format!("field {i} ({name})"),
+        None => format!("field {i}"),
+    }
 }
 
 fn opt_f64(row: &[Value], i: usize) -> std::result::Result<Option<f64>, String> {
@@ -164,7 +196,7 @@ fn opt_f64(row: &[Value], i: usize) -> std::result::Result<Option<f64>, String> 
         None | Some(Value::Null) => Ok(None),
         Some(v) => num(v)
             .map(Some)
-            .ok_or_else(|| format!("field {i} is not a number")),
+            .ok_or_else(|| format!("{} is not a number", field(i))),
     }
 }
 
@@ -175,14 +207,15 @@ fn opt_i64(row: &[Value], i: usize) -> std::result::Result<Option<i64>, String> 
             .as_i64()
             .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
             .map(Some)
-            .ok_or_else(|| format!("field {i} is not an integer")),
+            .ok_or_else(|| format!("{} is not an integer", field(i))),
     }
 }
 
 fn opt_i32(row: &[Value], i: usize) -> std::result::Result<Option<i32>, String> {
     opt_i64(row, i)?
         .map(|v| {
-            i32::try_from(v).map_err(|_| format!("field {i} = {v} does not fit a 32-bit integer"))
+            i32::try_from(v)
+                .map_err(|_| format!("{} = {v} does not fit a 32-bit integer", field(i)))
         })
         .transpose()
 }
@@ -191,14 +224,14 @@ fn opt_str(row: &[Value], i: usize) -> std::result::Result<Option<String>, Strin
     match row.get(i) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(format!("field {i} is not a string")),
+        Some(_) => Err(format!("{} is not a string", field(i))),
     }
 }
 
 fn req_bool(row: &[Value], i: usize) -> std::result::Result<bool, String> {
     row.get(i)
         .and_then(Value::as_bool)
-        .ok_or_else(|| format!("field {i} is not a boolean"))
+        .ok_or_else(|| format!("{} is not a boolean", field(i)))
 }
 
 /// One state row -> a raw record (OpenSky units; timestamp = time_position, else
@@ -255,39 +288,43 @@ pub fn state_row(row: &[Value]) -> std::result::Result<RawRecord, String> {
 }
 
 /// Parses a `/states/all` body.
-pub fn parse_states(body: &[u8]) -> std::result::Result<States, String> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+pub fn parse_states(body: &[u8]) -> std::result::Result<States, Rejection> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| Rejection::new(reason::MALFORMED_JSON, format!("invalid JSON: {e}")))?;
+    let schema = |message: &str| Rejection::new(reason::SCHEMA, message);
     let time = v
         .get("time")
         .and_then(Value::as_i64)
-        .ok_or("the response has no integer \"time\"")?;
+        .ok_or_else(|| schema("the response has no integer \"time\""))?;
     let rows = match v.get("states") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(rows)) => rows.clone(),
-        Some(_) => return Err("\"states\" is neither a list nor null".into()),
+        Some(_) => return Err(schema("\"states\" is neither a list nor null")),
     };
     let mut payloads = Vec::with_capacity(rows.len());
     let mut keys = Vec::with_capacity(rows.len());
-    for row in rows {
+    let mut rejected = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
         let parsed = match &row {
             Value::Array(fields) => state_row(fields),
             _ => Err("a state is not a list".into()),
         };
         match parsed {
             Ok(r) => {
-                keys.push(Some((r.icao24.clone(), r.last_contact)));
+                keys.push((r.icao24.clone(), r.last_contact));
                 payloads.push(r.to_json());
             }
-            Err(_) => {
-                keys.push(None);
-                payloads.push(row.to_string().into_bytes());
-            }
+            Err(e) => rejected.push((
+                schema(&format!("state {i} of the response at {time}: {e}")),
+                row.to_string().into_bytes(),
+            )),
         }
     }
     Ok(States {
         time,
         payloads,
         keys,
+        rejected,
     })
 }
 
@@ -521,6 +558,8 @@ pub struct OpenSkySource {
     /// Raw bodies of successful polls go here too (`contrail record`).
     pub keep_bodies: bool,
     pub bodies: Vec<(DateTime<Utc>, Vec<u8>)>,
+    /// Rows off the contract since the last [`Source::take_rejected`].
+    rejected: Vec<(Rejection, Vec<u8>)>,
 }
 
 impl OpenSkySource {
@@ -555,6 +594,7 @@ impl OpenSkySource {
             warned_credits: false,
             keep_bodies: false,
             bodies: Vec::new(),
+            rejected: Vec::new(),
         }
     }
 
@@ -609,7 +649,7 @@ impl OpenSkySource {
         let result = match self.client.states().await {
             Ok(poll) => parse_states(&poll.body)
                 .map(|s| (s, poll))
-                .map_err(PollError::Invalid),
+                .map_err(|r| PollError::Invalid(r.message)),
             Err(e) => Err(e),
         };
         match result {
@@ -624,20 +664,16 @@ impl OpenSkySource {
                 let mut current = std::collections::HashMap::with_capacity(states.keys.len());
                 let mut out = Vec::with_capacity(states.payloads.len());
                 let mut unchanged_now = 0;
-                for (payload, key) in states.payloads.into_iter().zip(states.keys) {
-                    match key {
-                        Some((icao, last)) => {
-                            let unchanged = self.previous.get(&icao) == Some(&last);
-                            current.insert(icao, last);
-                            if unchanged {
-                                unchanged_now += 1;
-                            } else {
-                                out.push(payload);
-                            }
-                        }
-                        None => out.push(payload),
+                for (payload, (icao, last)) in states.payloads.into_iter().zip(states.keys) {
+                    let unchanged = self.previous.get(&icao) == Some(&last);
+                    current.insert(icao, last);
+                    if unchanged {
+                        unchanged_now += 1;
+                    } else {
+                        out.push(payload);
                     }
                 }
+                self.rejected.extend(states.rejected);
                 self.previous = current;
                 self.stats.lock().expect("stats lock").unchanged += unchanged_now;
                 out
@@ -676,6 +712,10 @@ impl Source for OpenSkySource {
         Ok(Some(self.cycle().await))
     }
 
+    fn take_rejected(&mut self) -> Vec<(Rejection, Vec<u8>)> {
+        std::mem::take(&mut self.rejected)
+    }
+
     fn health(&self) -> Option<super::SourceHealth> {
         let stats = std::sync::Arc::clone(&self.stats);
         Some(std::sync::Arc::new(move || {
@@ -711,7 +751,7 @@ mod tests {
         assert_eq!(r.squawk.as_deref(), Some("4252"));
         let g = record(&s.payloads[1]);
         assert!(g.on_ground && g.baro_altitude.is_none());
-        assert_eq!(s.keys[1], Some(("e8027e".to_string(), 1_752_401_585)));
+        assert_eq!(s.keys[1], ("e8027e".to_string(), 1_752_401_585));
     }
 
     #[test]
@@ -741,19 +781,48 @@ mod tests {
             (Some(3), 2),
             "extras ignored"
         );
-        for i in 2..5 {
-            assert!(s.keys[i].is_none());
-            assert!(serde_json::from_slice::<RawRecord>(&s.payloads[i]).is_err());
-        }
-        assert_eq!(String::from_utf8_lossy(&s.payloads[3]), "\"not a list\"");
+        assert_eq!((s.payloads.len(), s.keys.len()), (2, 2));
+        // The rows that do not fit: each with its own error, and its JSON as it came.
+        let rejected: Vec<(&str, &str, String)> = s
+            .rejected
+            .iter()
+            .map(|(r, row)| {
+                (
+                    r.reason,
+                    r.message.as_str(),
+                    String::from_utf8_lossy(row).into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                (
+                    reason::SCHEMA,
+                    "state 2 of the response at 100: a state has 2 fields, at least 17 expected",
+                    r#"["short",1]"#.to_string()
+                ),
+                (
+                    reason::SCHEMA,
+                    "state 3 of the response at 100: a state is not a list",
+                    r#""not a list""#.to_string()
+                ),
+                (
+                    reason::SCHEMA,
+                    "state 4 of the response at 100: field 5 (longitude) is not a number",
+                    r#"["abc125","C","X",80,90,"north",2,3,false,4,5,6,null,7,null,false,2]"#
+                        .to_string()
+                ),
+            ]
+        );
 
         let empty = parse_states(br#"{"time":5,"states":null}"#).unwrap();
         assert!(empty.payloads.is_empty());
-        assert!(
-            parse_states(br#"{"time":5,"states":[["a"#).is_err(),
-            "truncated"
-        );
-        assert!(parse_states(br#"{"states":[]}"#).is_err(), "no time");
+        let truncated = parse_states(br#"{"time":5,"states":[["a"#).unwrap_err();
+        assert_eq!(truncated.reason, reason::MALFORMED_JSON);
+        let no_time = parse_states(br#"{"states":[]}"#).unwrap_err();
+        assert_eq!(no_time.reason, reason::SCHEMA);
+        assert!(no_time.message.contains("\"time\""), "{}", no_time.message);
     }
 
     #[test]

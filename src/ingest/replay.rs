@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::opensky::parse_states;
+use super::validate::Rejection;
 use super::{Source, Speed};
 use crate::error::{Error, Result};
 use crate::json_cursor::Cursor;
@@ -55,6 +56,8 @@ pub struct ReplaySource {
     pub lines: u64,
     /// Recorded responses that did not parse.
     pub unreadable: u64,
+    /// What was read and is no record (see [`Source::take_rejected`]), not yet taken.
+    rejected: Vec<(Rejection, Vec<u8>)>,
 }
 
 /// Records per chunk at `--speed max`.
@@ -141,6 +144,7 @@ impl ReplaySource {
             last: i64::MIN,
             lines: 0,
             unreadable: 0,
+            rejected: Vec::new(),
         })
     }
 
@@ -211,10 +215,19 @@ impl ReplaySource {
                         for p in states.payloads {
                             self.push(at, p);
                         }
+                        self.rejected.extend(states.rejected);
                     }
                     Err(e) => {
                         self.unreadable += 1;
-                        tracing::warn!(line = self.lines, error = %e, "replay: a recorded response that does not parse is skipped");
+                        tracing::warn!(line = self.lines, error = %e.message, "replay: a recorded response that does not parse goes to the dead-letter topic");
+                        let message = format!(
+                            "line {} of {}: a recorded response that does not parse: {}",
+                            self.lines,
+                            self.path.display(),
+                            e.message
+                        );
+                        self.rejected
+                            .push((Rejection::new(e.reason, message), line.clone()));
                     }
                 }
                 self.last = at;
@@ -329,6 +342,10 @@ impl Source for ReplaySource {
                 Ok(Some(m.payloads))
             }
         }
+    }
+
+    fn take_rejected(&mut self) -> Vec<(Rejection, Vec<u8>)> {
+        std::mem::take(&mut self.rejected)
     }
 }
 

@@ -598,8 +598,8 @@ proptest! {
     }
 
     /// OpenSky responses: arbitrary bytes, arbitrary JSON, and well-formed bodies with wild
-    /// rows. The parser answers; each state is one payload; a payload it calls valid holds
-    /// exactly the numbers the row held (no silent truncation).
+    /// rows. The parser answers; each state is a payload or a rejection, in order; a payload
+    /// holds exactly the numbers the row held (no silent truncation).
     #[test]
     fn parse_states_never_panics_and_keeps_values(
         body in prop_oneof![
@@ -612,10 +612,22 @@ proptest! {
         let Ok(states) = parse_states(&body) else { return Ok(()); };
         let v: Value = serde_json::from_slice(&body).unwrap();
         let rows = v["states"].as_array().cloned().unwrap_or_default();
-        prop_assert_eq!(states.payloads.len(), rows.len());
-        prop_assert_eq!(states.keys.len(), rows.len());
-        for ((row, payload), key) in rows.iter().zip(&states.payloads).zip(&states.keys) {
-            let Some((icao24, last_contact)) = key else { continue };
+        prop_assert_eq!(states.payloads.len() + states.rejected.len(), rows.len());
+        prop_assert_eq!(states.keys.len(), states.payloads.len());
+        let (mut valid, mut rejected) = (
+            states.payloads.iter().zip(&states.keys),
+            states.rejected.iter(),
+        );
+        for row in &rows {
+            let fits = row.as_array().is_some_and(|fields| contrail::ingest::opensky::state_row(fields).is_ok());
+            if !fits {
+                // Rejected, in order, as the row's own JSON.
+                let (why, payload) = rejected.next().unwrap();
+                prop_assert_eq!(why.reason, "schema");
+                prop_assert_eq!(payload, &row.to_string().into_bytes());
+                continue;
+            }
+            let (payload, (icao24, last_contact)) = valid.next().unwrap();
             let r: Value = serde_json::from_slice(payload).unwrap();
             prop_assert_eq!(r["icao24"].as_str(), Some(icao24.as_str()));
             prop_assert_eq!(r["last_contact"].as_i64(), Some(*last_contact));

@@ -56,6 +56,11 @@ fn decode_all<'a>(
                 p.len()
             ));
         }
+        if let Some(key) = repeated_key(p) {
+            return Err(format!(
+                "field {key:?} appears twice (ingest rejects such records too)"
+            ));
+        }
         let mut rest = p;
         while !rest.is_empty() {
             let read = decoder.decode(rest).map_err(|e| e.to_string())?;
@@ -67,6 +72,35 @@ fn decode_all<'a>(
         }
     }
     decoder.flush().map_err(|e| e.to_string())
+}
+
+/// The first top-level key of a JSON object that appears twice (escapes read), if any.
+/// arrow-json would keep the last value; ingest's validation rejects the record, and the
+/// process stage must not accept from another producer what ingest would not publish.
+fn repeated_key(payload: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Repeated;
+    impl<'de> Visitor<'de> for Repeated {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            // Read to the end: the deserializer wants the whole object consumed.
+            let (mut seen, mut repeated) = (std::collections::HashSet::new(), None);
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) && repeated.is_none() {
+                    repeated = Some(key.into_owned());
+                }
+            }
+            Ok(repeated)
+        }
+    }
+    serde_json::Deserializer::from_slice(payload)
+        .deserialize_map(Repeated)
+        .ok()
+        .flatten()
 }
 
 /// Decodes the payloads of `messages`: every payload the fast parser
@@ -248,5 +282,19 @@ mod tests {
         let rejected: Vec<usize> = d.rejected.iter().map(|(i, _)| *i).collect();
         assert_eq!(rejected, vec![1, 3, 4, 5, 6, 7]);
         assert!(d.rejected.iter().all(|(_, m)| !m.is_empty()));
+    }
+
+    #[test]
+    fn a_key_written_twice_is_rejected_as_ingest_rejects_it() {
+        let twice = GOOD.replace("\"velocity\":200", "\"velocity\":200,\"velocity\":9");
+        let escaped = GOOD.replace("\"velocity\":200", "\"velocity\":200,\"veloc\\u0069ty\":9");
+        assert!(crate::ingest::validate::validate(twice.as_bytes()).is_err());
+        let msgs = vec![msg(0, &twice), msg(1, GOOD), msg(2, &escaped)];
+        let d = decode(&msgs).unwrap();
+        assert_eq!(d.batch.num_rows(), 1);
+        let rejected: Vec<(usize, &str)> =
+            d.rejected.iter().map(|(i, m)| (*i, m.as_str())).collect();
+        let why = "field \"velocity\" appears twice (ingest rejects such records too)";
+        assert_eq!(rejected, [(0, why), (2, why)]);
     }
 }

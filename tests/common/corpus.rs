@@ -107,6 +107,10 @@ pub fn malformed() -> Vec<(&'static str, Vec<u8>)> {
         ("missing_last_contact", without("last_contact")),
         ("extra_field", with("extra", json!(1))),
         (
+            "velocity_twice",
+            [&b"{\"velocity\":1,"[..], &good[1..]].concat(),
+        ),
+        (
             "invalid_utf8_callsign",
             raw_value("callsign", b"\"\xff\xfe\xfd  \""),
         ),

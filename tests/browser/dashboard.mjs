@@ -221,6 +221,9 @@ async function test(browser) {
     `every tracked aircraft has a position (${placed} of ${all.tracked})`);
   check(markers === all.tracked, `the map shows ${markers} markers; /api/aircraft reports ${all.tracked} aircraft`);
   check(await rowCount(page, 'table-aircraft') === all.tracked, 'the aircraft list has a row per tracked aircraft');
+  const cells = await page.$$eval('#table-aircraft tbody td', (tds) => tds.map((td) => td.textContent.trim()));
+  const odd = cells.filter((t) => t === '-0' || t.startsWith('–°') || t.startsWith('-0.'));
+  check(odd.length === 0, `no negative zero or degree sign without a value in the list (${odd.slice(0, 3)})`);
 
   const snap = await api(live, '/api/snapshot?limit=1000');
   check(await page.evaluate(() => document.querySelectorAll('#emergencies li.emergency').length) === snap.emergencies.length,

@@ -5,7 +5,13 @@ const DASH = '–';
 
 export function num(v, digits = 0) {
   if (v === null || v === undefined || Number.isNaN(v)) return DASH;
-  return v.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  // A value that rounds to zero shows as 0, not -0 (a level flight's -0.3 ft/min).
+  const shown = Math.abs(v) < 0.5 * 10 ** -digits ? 0 : v;
+  return shown.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+export function degrees(v) {
+  return v === null || v === undefined ? DASH : `${num(v)}°`;
 }
 
 export function percent(fraction, digits = 2) {

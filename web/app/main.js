@@ -4,7 +4,7 @@
 
 import { getJson, openStream, query } from './api.js';
 import * as charts from './charts.js';
-import { clock, duration, escape, label, num, percent } from './format.js';
+import { clock, degrees, duration, escape, label, num, percent } from './format.js';
 import * as map from './map.js';
 import { AircraftTable, renderAnomalies, renderWindows } from './tables.js';
 
@@ -314,7 +314,7 @@ function showDetails(aircraft, fallback = null) {
       ${row('Altitude', a.on_ground ? 'on the ground' : `${num(a.altitude_ft)} ft`)}
       ${row('Speed', `${num(a.speed_knots)} kn`)}
       ${row('Vertical rate', `${num(a.vertical_rate_fpm)} ft/min`)}
-      ${row('Heading', `${num(a.heading)}°`)}
+      ${row('Heading', degrees(a.heading))}
       ${row('Phase', escape(a.phase))}
       ${row('Squawk', escape(a.squawk ?? '–'))}
       ${row('Anomaly score', num(a.score, 3))}

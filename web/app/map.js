@@ -4,7 +4,7 @@
 // emergency squawks a red label; trails show the last positions; the selected aircraft's
 // whole held track is drawn in yellow.
 
-import { label, num } from './format.js';
+import { degrees, label, num } from './format.js';
 
 const ALTITUDE_SCALE = [
   [0.0, '#6c7a96'], [0.05, '#f9d649'], [0.2, '#f98c2b'], [0.4, '#e0457b'],
@@ -42,7 +42,7 @@ function hover(a) {
   const lines = [
     `<b>${label(a)}</b> ${a.callsign ? a.icao24 : ''} · ${a.country}`,
     a.on_ground ? 'on the ground' : `${num(a.altitude_ft)} ft · ${num(a.speed_knots)} kn · ${num(a.vertical_rate_fpm)} ft/min`,
-    `heading ${num(a.heading)}° · ${a.phase}`,
+    `heading ${degrees(a.heading)} · ${a.phase}`,
     `score ${num(a.score, 3)}${a.recent_anomaly ? ' · <b>anomaly</b>' : ''}`,
   ];
   if (a.emergency) lines.push(`<b>squawk ${a.squawk}: ${a.emergency}</b>`);

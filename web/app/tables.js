@@ -1,7 +1,7 @@
 // The three tables: latest anomalies (with the fields that matter for the signal that
 // stands out), recent windows, and the aircraft list (sortable by any column).
 
-import { clock, escape, label, num, percent } from './format.js';
+import { clock, degrees, escape, label, num, percent } from './format.js';
 
 function rows(table, html, columns, emptyText) {
   table.tBodies[0].innerHTML = html || `<tr><td class="empty" colspan="${columns}">${emptyText}</td></tr>`;
@@ -91,7 +91,7 @@ export class AircraftTable {
         <td>${escape(a.callsign ?? '–')}</td><td>${escape(a.icao24)}</td><td>${escape(a.country)}</td>
         <td class="num">${a.on_ground ? 'ground' : num(a.altitude_ft)}</td>
         <td class="num">${num(a.speed_knots)}</td><td class="num">${num(a.vertical_rate_fpm)}</td>
-        <td class="num">${num(a.heading)}°</td><td>${escape(a.phase)}</td>
+        <td class="num">${degrees(a.heading)}</td><td>${escape(a.phase)}</td>
         <td>${a.emergency ? `<span class="badge bad">${escape(a.squawk)}</span>` : escape(a.squawk ?? '')}</td>
         <td class="num">${num(a.score, 3)}</td><td>${clock(a.time)}</td></tr>`;
     }).join(''), 11, 'No aircraft match');

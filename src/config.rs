@@ -320,8 +320,8 @@ pub struct WindowArgs {
     /// report.
     #[arg(long, env = "CONTRAIL_STATE_TTL", default_value = "1h", value_parser = duration)]
     pub state_ttl: Duration,
-    /// A record whose event time is further than this past both its ingest time and its
-    /// partition's largest event time is left out of the windows (late topic, reason
+    /// A record whose event time is further than this past both the processor's clock and
+    /// its partition's largest event time is left out of the windows (late topic, reason
     /// `ahead`) instead of moving the watermark.
     #[arg(long, env = "CONTRAIL_MAX_EVENT_LEAD", default_value = "1d", value_parser = duration)]
     pub max_event_lead: Duration,
@@ -789,6 +789,17 @@ mod tests {
         assert_eq!(w.length_us, 600_000_000);
         assert_eq!(w.delay_us, 300_000_000);
         assert_eq!(w.lateness_us, 0);
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_spin_or_time_out_at_once() {
+        for flag in ["--backoff-min", "--backoff-max", "--opensky-timeout"] {
+            let e = Cli::try_parse_from(["contrail", "record", "--out", "x", flag, "0s"])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag) && e.contains("longer than zero"), "{e}");
+            assert!(Cli::try_parse_from(["contrail", "record", "--out", "x", flag, "1ms"]).is_ok());
+        }
     }
 
     #[test]

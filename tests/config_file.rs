@@ -106,3 +106,39 @@ fn an_unknown_key_names_the_key_and_the_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config nope.toml"));
 }
+
+#[test]
+fn a_start_time_past_the_event_lead_is_refused_with_both_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let ahead = (chrono::Utc::now() + chrono::Duration::days(3)).to_rfc3339();
+    let base = [
+        "demo",
+        "--start-time",
+        &ahead,
+        "--no-archive",
+        "--grpc-bind",
+        "127.0.0.1:0",
+        "--http-bind",
+        "127.0.0.1:0",
+        "--duration",
+        "1",
+        "--aircraft",
+        "5",
+    ];
+    let out = demo(dir.path(), &base, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--start-time") && stderr.contains("--max-event-lead"),
+        "{stderr}"
+    );
+    // With a lead that covers it, the demo runs.
+    let mut longer = base.to_vec();
+    longer.extend(["--max-event-lead", "4d"]);
+    let out = demo(dir.path(), &longer, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

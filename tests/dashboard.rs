@@ -423,7 +423,13 @@ fn a_rejected_sql_edit_is_on_the_dashboard_until_it_is_fixed() {
 
     let features = sql.path().join("features.sql");
     let good = std::fs::read_to_string(&features).unwrap();
-    std::fs::write(&features, format!("{good}\nSELEC broken")).unwrap();
+    // Renamed into place, so the processor never reads a file half written.
+    let replace = |text: &str| {
+        let tmp = sql.path().join("features.sql.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &features).unwrap();
+    };
+    replace(&format!("{good}\nSELEC broken"));
     let rejected = demo.wait_summary("the rejection", |s| {
         s["notices"].as_array().is_some_and(|n| !n.is_empty())
     });
@@ -442,7 +448,7 @@ fn a_rejected_sql_edit_is_on_the_dashboard_until_it_is_fixed() {
         s["records"].as_u64() > Some(before)
     });
 
-    std::fs::write(&features, &good).unwrap();
+    replace(&good);
     demo.wait_summary("the notice gone", |s| s["notices"] == serde_json::json!([]));
     assert_eq!(demo.metric("contrail_process_sql_reloads_total"), 1.0);
 }

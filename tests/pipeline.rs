@@ -1028,8 +1028,8 @@ async fn a_record_from_a_clock_days_ahead_leaves_the_watermark_and_windows_alone
     }
 
     // The same records, and two reports two days ahead from an aircraft heard nowhere
-    // else (so no later record's features see them): one with its ingest time, one that
-    // claims to have been ingested then too (capped at the processing clock).
+    // else (so no later record's features see them): one with its ingest time, one whose
+    // ingest time claims the same day (the writer's clock, not trusted).
     let (mut p, stats) = processor(None).await;
     let mut got = Vec::new();
     let (head, tail) = msgs.split_at(msgs.len() / 3);
@@ -1073,8 +1073,8 @@ async fn a_record_from_a_clock_days_ahead_leaves_the_watermark_and_windows_alone
     );
     let limit =
         |l: &serde_json::Value| DateTime::parse_from_rfc3339(l["limit"].as_str().unwrap()).unwrap();
-    // A day past the later of the partition's largest event time and the record's
-    // ingest time (before that; the forged one is capped at the clock, before too).
+    // A day past the later of the partition's largest event time and the processor's
+    // clock (09:55, before it).
     let partition = ahead[0].partition;
     let max_event = head
         .iter()

@@ -104,7 +104,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     );
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let mut states = 0usize;
+    let (mut states, mut off_contract) = (0usize, 0usize);
     loop {
         if args
             .opensky
@@ -117,6 +117,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
             () = &mut signal => break,
             payloads = source.cycle() => states += payloads.len(),
         }
+        // Rows off the contract stay in the recording as they came; replay dead-letters
+        // them. Counted here, not kept.
+        off_contract += source.take_rejected().len();
         for (at, body) in source.bodies.drain(..) {
             // Parsed once already; re-serialised so a pretty-printed body stays one line.
             let response: serde_json::Value = serde_json::from_slice(&body)?;
@@ -131,11 +134,12 @@ async fn record(args: RecordArgs) -> anyhow::Result<()> {
     }
     let s = source.stats();
     println!(
-        "{}: {} polls recorded ({} new states, {} unchanged, {} failed polls, credits left {})",
+        "{}: {} polls recorded ({} new states, {} unchanged, {} off the contract, {} failed polls, credits left {})",
         args.out.display(),
         s.polls,
         states,
         s.unchanged,
+        off_contract,
         s.failures,
         s.credits_remaining
             .map_or_else(|| "unknown".to_string(), |c| c.to_string())
@@ -211,6 +215,19 @@ async fn cancel_on_signal(stop: CancellationToken, what: &'static str) {
 
 /// `contrail demo`: simulator -> in-process bus -> pipeline -> archive, no broker.
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(start) = args.source.simulator.start_time
+        && args.source.source == SourceKind::Simulator
+    {
+        let lead = args.pipeline.window.max_event_lead;
+        if start - chrono::Utc::now()
+            > chrono::Duration::from_std(lead).unwrap_or(chrono::TimeDelta::MAX)
+        {
+            anyhow::bail!(
+                "--start-time {} is more than --max-event-lead ({lead:?}) ahead of now: no record would count in a window; raise --max-event-lead",
+                start.to_rfc3339()
+            );
+        }
+    }
     let clock: SharedClock = Arc::new(SystemClock);
     let topics = TopicArgs::default();
     // Each subscriber may have two micro-batches waiting: enough to keep the processor

@@ -579,10 +579,6 @@ impl Processor {
         while let Some(part) = pending.pop() {
             match self.process_batch(part, now).await {
                 Err(Error::Sql { path, message }) => {
-                    // The failed attempt may have archived the part already.
-                    for (&p, &(first, _)) in &offset_ranges(part.iter()) {
-                        self.remove_archived(p, first)?;
-                    }
                     match part {
                         [] => return Err(Error::Sql { path, message }),
                         [one] => {
@@ -830,7 +826,18 @@ impl Processor {
             let files = job
                 .await
                 .map_err(|e| Error::Internal(format!("archive task: {e}")))??;
-            self.stats.archive_files.fetch_add(files, Ordering::Relaxed);
+            if rest.is_ok() {
+                self.stats
+                    .archive_files
+                    .fetch_add(files.len() as u64, Ordering::Relaxed);
+            } else {
+                // The attempt failed (aggregate.sql, say) and its records are processed
+                // again: its files go, so no row is archived twice.
+                for f in &files {
+                    std::fs::remove_file(f)
+                        .map_err(|e| Error::io("removing a failed attempt's archive file", f, e))?;
+                }
+            }
         }
         rest?;
         if let Some(flags) = processed
@@ -947,21 +954,13 @@ impl Processor {
             .column_by_name("timestamp")
             .expect("contract column")
             .as_primitive::<TimestampMicrosecondType>();
-        // A record's ingest time, capped at the batch's processing time: a record claiming
-        // a later one (or, after a features.sql edit, without one) is taken as ingested now.
+        // The processor's clock when the batch began: a record's own ingest time would
+        // trust the clock of whoever wrote it.
         let now_us = processed
             .column_by_name(PROCESSING_TIMESTAMP)
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
             .filter(|c| !c.is_empty())
             .map_or(i64::MAX, |c| c.value(0));
-        let ingested = processed
-            .column_by_name("ingest_timestamp")
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
-        let ingest_us = |i: usize| {
-            ingested
-                .filter(|c| arrow::array::Array::is_valid(*c, i))
-                .map_or(now_us, |c| c.value(i).min(now_us))
-        };
         let mut on_time = Vec::with_capacity(processed.num_rows());
         let (mut late_count, mut ahead) = (0u64, 0u64);
         let mut expected: HashSet<(i32, i64)> = HashSet::new();
@@ -975,7 +974,7 @@ impl Processor {
             let st = self.partitions.get_mut(&p).expect("restored");
             let t = ts.value(i);
             let m = &messages[seq[i] as usize];
-            let limit = st.lead_limit(&spec, ingest_us(i));
+            let limit = st.lead_limit(&spec, now_us);
             // Why the record counts in no window, as the head of its late-topic payload.
             let head = if t > limit {
                 ahead += 1;
@@ -1244,13 +1243,13 @@ fn keys(batch: &RecordBatch) -> Vec<Option<Vec<u8>>> {
 }
 
 /// One archive write per source partition, named by that partition's offset range in the
-/// micro-batch. Returns the number of files written.
+/// micro-batch. Returns the files written.
 fn archive_by_partition(
     archive: &ArchiveWriter,
     batch: &RecordBatch,
     row_partitions: &[i32],
     ranges: &Ranges,
-) -> Result<u64> {
+) -> Result<Vec<PathBuf>> {
     let single = ranges.len() == 1;
     let mut files = Vec::new();
     for (&partition, &(first, last)) in ranges {
@@ -1268,7 +1267,7 @@ fn archive_by_partition(
         }
     }
     crate::archive::sync_folders(&files)?;
-    Ok(files.len() as u64)
+    Ok(files)
 }
 
 /// Runs the process stage until the bus ends or `shutdown` fires. A batch in progress is

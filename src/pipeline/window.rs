@@ -62,8 +62,8 @@ pub struct WindowSpec {
     /// A partition whose watermark has not moved for this long (wall clock) stops holding
     /// back the global watermark.
     pub idle_timeout_us: i64,
-    /// A record whose event time is further than this past both its ingest time and its
-    /// partition's largest event time is left out of the windows (see the module doc).
+    /// A record whose event time is further than this past both the processor's clock and
+    /// its partition's largest event time is left out of the windows (see the module doc).
     pub max_lead_us: i64,
 }
 

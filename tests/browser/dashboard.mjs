@@ -16,7 +16,7 @@
 // message.
 
 import { createRequire } from 'node:module';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const require = createRequire(new URL('../../web/package.json', import.meta.url));
@@ -141,14 +141,20 @@ async function test(browser) {
   check(!(await page.isVisible('#notices')), 'no notice while the SQL files load');
   const features = join(env.SQL_DIR, 'features.sql');
   const good = readFileSync(features, 'utf8');
-  writeFileSync(features, `${good}\nSELEC broken`);
+  // Renamed into place, so the processor never reads a file half written.
+  const replace = (text) => {
+    writeFileSync(`${features}.tmp`, text);
+    renameSync(`${features}.tmp`, features);
+  };
+  replace(`${good}\nSELEC broken`);
   await page.waitForSelector('#notices', { state: 'visible', timeout: 30000 });
   const notice = await page.textContent('#notices');
   check(notice.includes('SQL edit rejected') && notice.includes('features.sql'),
     `the rejected edit is on the page, with its file (${notice.slice(0, 80)}…)`);
-  writeFileSync(features, good);
-  await page.waitForSelector('#notices', { state: 'hidden', timeout: 30000 });
-  check(true, 'the notice goes once the file is fixed');
+  replace(good);
+  const gone = await page.waitForSelector('#notices', { state: 'hidden', timeout: 30000 })
+    .then(() => true, () => false);
+  check(gone, 'the notice goes once the file is fixed');
 
   // Refresh interval: 1 s, then 3 s, as the gaps between snapshots show.
   const gaps = async (count) => {

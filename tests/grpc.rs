@@ -346,6 +346,30 @@ async fn aircraft_windows_by_aircraft_and_time_with_paging() {
     let n = keys.len();
     keys.dedup();
     assert_eq!(keys.len(), n, "no window twice across pages");
+
+    // A token from a wider range, at or past this range's end (or made up): an empty
+    // page, not a panic that resets the stream.
+    let narrow = |token: &str, end: i64| ListAircraftWindowsRequest {
+        icao24: String::new(),
+        range: range(Some(T0), Some(end)),
+        limit: 4,
+        page_token: token.into(),
+    };
+    for (token, end) in [
+        (format!("{}/x", T0 + 10 * MIN), T0 + 10 * MIN),
+        (format!("{}/", T0 + 10 * MIN), T0 + 10 * MIN),
+        ("9223372036854775807/a".to_string(), T0 + 20 * MIN),
+    ] {
+        let page = c
+            .list_aircraft_windows(narrow(&token, end))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            page.windows.is_empty() && page.next_page_token.is_empty(),
+            "{token}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -561,6 +585,15 @@ async fn query_returns_arrow_ipc_and_refuses_writes_and_limits() {
         ("SELECT nope FROM windows", Code::InvalidArgument),
         ("SELEC 1", Code::InvalidArgument),
         ("", Code::InvalidArgument),
+        // Values the query itself cannot compute: the client's mistake, not INTERNAL.
+        (
+            "SELECT event_count / (event_count - event_count) FROM windows",
+            Code::InvalidArgument,
+        ),
+        (
+            "SELECT CAST(icao24 AS INT) FROM aircraft_windows",
+            Code::InvalidArgument,
+        ),
     ] {
         let e = query(&mut c, sql, 0).await.unwrap_err();
         assert_eq!(e.code(), code, "{sql}: {e:?}");
@@ -569,6 +602,51 @@ async fn query_returns_arrow_ipc_and_refuses_writes_and_limits() {
     let e = query(&mut c, "SELECT 1", 1_000_000).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().starts_with("max_rows:"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_large_result_comes_in_messages_a_grpc_client_takes() {
+    // 30,000 per-aircraft windows: one live batch of ~3 MB of Arrow data.
+    let store = Arc::new(LiveStore::new(StoreLimits::default()));
+    for w in 0..10 {
+        for a in 0..3_000 {
+            store
+                .add(
+                    Feed::AircraftWindows,
+                    &aircraft_window(T0 + w * 10 * MIN, &format!("{a:06x}"), 1),
+                )
+                .unwrap();
+        }
+    }
+    let limits = QueryLimits {
+        max_rows: 100_000,
+        ..limits()
+    };
+    let r = start(store, None, limits).await;
+    let mut c = client(&r).await;
+    let mut stream = c
+        .query(QueryRequest {
+            sql: "SELECT * FROM aircraft_windows".into(),
+            max_rows: 100_000,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sizes = Vec::new();
+    let mut bytes = Vec::new();
+    while let Some(m) = stream.next().await {
+        let m = m.unwrap();
+        sizes.push(m.arrow_ipc.len());
+        bytes.extend_from_slice(&m.arrow_ipc);
+    }
+    assert!(sizes.len() > 2, "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= 2 << 20), "{sizes:?}");
+    let rows: usize = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .unwrap()
+        .map(|b| b.unwrap().num_rows())
+        .sum();
+    assert_eq!(rows, 30_000);
 }
 
 #[tokio::test]
@@ -616,6 +694,15 @@ async fn unavailable_until_ready_and_health_follows() {
     };
     let e = c
         .list_windows(ListWindowsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    // The watches too: before the store has read the topics, their history would stream
+    // as if it were new.
+    let e = c.watch_windows(WatchWindowsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    let e = c
+        .watch_anomalies(WatchAnomaliesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
@@ -679,6 +766,12 @@ async fn bearer_token_guards_the_service_but_not_health() {
             .len(),
         24
     );
+    // The scheme's name in any case (RFC 9110).
+    let mut lower = tonic::Request::new(ListWindowsRequest::default());
+    lower
+        .metadata_mut()
+        .insert("authorization", "bearer s3cret-token".parse().unwrap());
+    assert!(c.list_windows(lower).await.is_ok());
     let mut health = HealthClient::new(channel(&r).await);
     assert!(
         health
@@ -695,7 +788,7 @@ async fn bearer_token_guards_the_service_but_not_health() {
         count("contrail.v1.Contrail/ListWindows", "UNAUTHENTICATED"),
         2
     );
-    assert_eq!(count("contrail.v1.Contrail/ListWindows", "OK"), 1);
+    assert_eq!(count("contrail.v1.Contrail/ListWindows", "OK"), 2);
     assert_eq!(count("grpc.health.v1.Health/Check", "OK"), 1);
     let e = c
         .get_aircraft(with_token(GetAircraftRequest {

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::error::ArrowError;
 use arrow::ipc::writer::StreamWriter;
 use datafusion::error::DataFusionError;
 use futures::{Stream, StreamExt};
@@ -156,6 +157,26 @@ where
     ReceiverStream::new(rx)
 }
 
+/// Most bytes of Arrow data per `QueryResponse`: gRPC clients refuse messages over 4 MiB
+/// by default (grpcio, grpc-go, tonic), and IPC framing adds a little.
+const MESSAGE_BYTES: usize = 1 << 20;
+
+/// `batch` cut into slices of about [`MESSAGE_BYTES`] each (one when it is small). A live
+/// table is one batch of the whole store; a slice shares its buffers, so this copies
+/// nothing until the IPC writer writes it.
+fn message_parts(batch: &arrow::array::RecordBatch) -> Vec<arrow::array::RecordBatch> {
+    let rows = batch.num_rows();
+    if rows == 0 {
+        return vec![batch.clone()];
+    }
+    let per_row = (batch.get_array_memory_size() / rows).max(1);
+    let step = (MESSAGE_BYTES / per_row).clamp(1, rows);
+    (0..rows)
+        .step_by(step)
+        .map(|offset| batch.slice(offset, step.min(rows - offset)))
+        .collect()
+}
+
 fn query_status(e: &DataFusionError) -> Status {
     match e.find_root() {
         DataFusionError::ResourcesExhausted(m) => {
@@ -165,6 +186,20 @@ fn query_status(e: &DataFusionError) -> Status {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_) => invalid("sql", e.find_root()),
+        // What the query's own values make fail: a division by zero, a cast.
+        DataFusionError::ArrowError(a, _)
+            if matches!(
+                **a,
+                ArrowError::DivideByZero
+                    | ArrowError::CastError(_)
+                    | ArrowError::ArithmeticOverflow(_)
+                    | ArrowError::ParseError(_)
+                    | ArrowError::ComputeError(_)
+                    | ArrowError::InvalidArgumentError(_)
+            ) =>
+        {
+            invalid("sql", e.find_root())
+        }
         other => Status::internal(format!("query failed: {other}")),
     }
 }
@@ -290,6 +325,9 @@ impl Contrail for QueryService {
         &self,
         request: Request<WatchAnomaliesRequest>,
     ) -> Result<Response<Self::WatchAnomaliesStream>, Status> {
+        // Before the store has read the topics' history, that history would arrive as if
+        // it were new.
+        self.ready()?;
         let r = request.into_inner();
         let min = min_score(r.min_score)?;
         let icao = icao24("icao24", &r.icao24)?;
@@ -307,6 +345,7 @@ impl Contrail for QueryService {
         &self,
         _request: Request<WatchWindowsRequest>,
     ) -> Result<Response<Self::WatchWindowsStream>, Status> {
+        self.ready()?;
         Ok(Response::new(watch(self.store.subscribe_windows(), |_| {
             true
         })))
@@ -367,19 +406,29 @@ impl Contrail for QueryService {
                         truncated = true;
                     }
                     rows += batch.num_rows() as u64;
-                    writer
-                        .write(&batch)
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                    let bytes = std::mem::take(writer.get_mut());
-                    if tx
-                        .send(Ok(QueryResponse {
-                            arrow_ipc: bytes,
-                            truncated: false,
-                        }))
+                    for part in message_parts(&batch) {
+                        writer
+                            .write(&part)
+                            .map_err(|e| Status::internal(e.to_string()))?;
+                        let bytes = std::mem::take(writer.get_mut());
+                        // A client that stops reading is held to the deadline too: the
+                        // query's memory is the shared pool's.
+                        let sent = tokio::time::timeout_at(
+                            deadline,
+                            tx.send(Ok(QueryResponse {
+                                arrow_ipc: bytes,
+                                truncated: false,
+                            })),
+                        )
                         .await
-                        .is_err()
-                    {
-                        return Ok(()); // the client went away
+                        .map_err(|_| {
+                            Status::deadline_exceeded(format!(
+                                "query ran over {timeout:?} (the client did not read its results)"
+                            ))
+                        })?;
+                        if sent.is_err() {
+                            return Ok(()); // the client went away
+                        }
                     }
                 }
                 if rows >= max_rows && !truncated {
@@ -394,17 +443,19 @@ impl Contrail for QueryService {
                     .finish()
                     .map_err(|e| Status::internal(e.to_string()))?;
                 let bytes = std::mem::take(writer.get_mut());
-                let _ = tx
-                    .send(Ok(QueryResponse {
-                        arrow_ipc: bytes,
-                        truncated,
-                    }))
-                    .await;
+                let last = tx.send(Ok(QueryResponse {
+                    arrow_ipc: bytes,
+                    truncated,
+                }));
+                // Past the deadline the stream ends without its last message.
+                let _ = tokio::time::timeout_at(deadline, last).await;
                 Ok(())
             }
             .await;
+            // Dropping `batches` here frees the query's memory whatever the client does; the
+            // error goes out if there is room for it.
             if let Err(status) = result {
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.try_send(Err(status));
             }
         });
         Ok(Response::new(Box::pin(stream)))
@@ -492,7 +543,11 @@ fn check_token(expected: Option<&str>, req: &Request<()>) -> Result<(), Status> 
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme's name is case-insensitive (RFC 9110).
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .ok_or_else(|| Status::unauthenticated("authorization: a bearer token is required"))?;
     // Same time whatever prefix matches.
     let equal = given.len() == expected.len()

@@ -104,7 +104,16 @@ impl QueryEngine {
     /// Plans `sql` (read-only) and starts it.
     pub async fn execute(&self, sql: &str, store: &LiveStore) -> Result<SendableRecordBatchStream> {
         let ctx = self.context();
+        // Only the tables the statement reads: a live table is a copy of the store, made
+        // per query (`SELECT 1` copies nothing).
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        let referenced = state.resolve_table_references(&statement)?;
         for table in TABLES {
+            if !referenced.iter().any(|r| r.table() == table) {
+                continue;
+            }
             let provider = match self.archived(&ctx, table).await {
                 Some(p) => p,
                 None => live_table(table, store)?,

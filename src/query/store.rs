@@ -656,7 +656,10 @@ impl LiveStore {
         limit: usize,
     ) -> Vec<AircraftWindow> {
         let inner = self.inner.read().expect("store lock");
-        if from >= to {
+        // A page token at or past the range's end (a token from a wider range) leaves
+        // nothing; as a lower bound it would make the range empty or inverted, which
+        // `BTreeMap::range` panics on.
+        if from >= to || after.is_some_and(|a| a.0 >= to) {
             return Vec::new();
         }
         let lower = match after {

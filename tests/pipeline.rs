@@ -712,16 +712,44 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
     std::fs::write(
         &features,
         original.replace(
-            "AS is_anomaly\nFROM scored",
-            "AS is_anomaly, CAST(callsign AS INT) AS callsign_number\nFROM scored",
+            "CAST(date_part('hour', timestamp) AS INT)          AS hour,",
+            "CAST(date_part('hour', timestamp) + CAST(callsign AS INT) * 0 AS INT) AS hour,",
         ),
     )
     .unwrap();
     let out = p.process(&msgs[1000..2000]).await.unwrap();
     assert_eq!(load(&stats), (0, 4));
+    let notice = &stats.notices()[0];
+    assert!(
+        notice.contains("Cast") && !notice.contains("columns"),
+        "rejected on the rows, not the schema: {notice}"
+    );
     let (processed, dead) = split(&out);
     assert!(dead.iter().all(|d| d.reason != "sql_error"), "{dead:?}");
     assert!(processed.len() > 900, "{}", processed.len());
+    // One that adds a column: fine at start-up, but while running the topic and the
+    // archive would hold records of two shapes.
+    std::fs::write(
+        &features,
+        original.replace(
+            "AS is_anomaly\nFROM scored",
+            "AS is_anomaly, length(callsign) AS callsign_length\nFROM scored",
+        ),
+    )
+    .unwrap();
+    let out = p.process(&msgs[2000..]).await.unwrap();
+    assert_eq!(load(&stats), (0, 5));
+    assert!(
+        stats.notices()[0].contains("+callsign_length"),
+        "{:?}",
+        stats.notices()
+    );
+    assert!(
+        split(&out)
+            .0
+            .iter()
+            .all(|r| json(r).get("callsign_length").is_none())
+    );
 
     // A good edit (approach renamed): swapped in for the next batch.
     assert!(phases(&third).contains("approach"));
@@ -731,7 +759,8 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
     )
     .unwrap();
     let out = p.process(&msgs[..1000]).await.unwrap();
-    assert_eq!(load(&stats), (1, 4));
+    assert_eq!(load(&stats), (1, 5));
+    assert!(stats.notices().is_empty());
     let got = phases(&out);
     assert!(
         got.contains("final") && !got.contains("approach"),

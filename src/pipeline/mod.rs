@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Field, Schema, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -500,7 +500,12 @@ impl Processor {
         self.sql_texts = texts;
         let loaded = SqlPipeline::load(&self.config.sql_dir, &self.sql_vars, &self.scorer).await;
         let tried = match loaded {
-            Ok(sql) => self.try_sql(&sql).await.map(|()| sql),
+            Ok(sql) => match schema_change(&self.sql.processed_schema(), &sql.processed_schema()) {
+                Some(change) => Err(sql.features_error(format!(
+                    "changes the processed records' columns ({change}); the topic and the archive would hold records of two shapes: restart to change them (with a new --data-dir for an archive of one schema)"
+                ))),
+                None => self.try_sql(&sql).await.map(|()| sql),
+            },
             Err(e) => Err(e),
         };
         match tried {
@@ -1401,6 +1406,38 @@ async fn step(
 const SQL_FILES: [&str; 3] = ["clean.sql", "features.sql", "aggregate.sql"];
 
 /// Contents of the SQL files (None where unreadable): a few KB, read once per batch.
+/// How the processed records' columns differ between two plans (names and types, in
+/// order), or `None` when they do not.
+fn schema_change(running: &Schema, edited: &Schema) -> Option<String> {
+    let shape = |s: &Schema| -> Vec<(String, DataType)> {
+        s.fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect()
+    };
+    let (old, new) = (shape(running), shape(edited));
+    if old == new {
+        return None;
+    }
+    let mut parts = Vec::new();
+    for (name, t) in &new {
+        match old.iter().find(|(n, _)| n == name) {
+            None => parts.push(format!("+{name}")),
+            Some((_, was)) if was != t => parts.push(format!("{name}: {was} -> {t}")),
+            _ => {}
+        }
+    }
+    parts.extend(
+        old.iter()
+            .filter(|(n, _)| !new.iter().any(|(m, _)| m == n))
+            .map(|(n, _)| format!("-{n}")),
+    );
+    if parts.is_empty() {
+        parts.push("their order".into());
+    }
+    Some(parts.join(", "))
+}
+
 fn sql_texts(dir: &std::path::Path) -> Vec<Option<Vec<u8>>> {
     SQL_FILES
         .iter()

@@ -405,6 +405,17 @@ impl SqlPipeline {
         Ok(pipeline)
     }
 
+    /// The schema of the processed records this plan makes (see
+    /// [`super::processed_schema`]).
+    pub fn processed_schema(&self) -> SchemaRef {
+        super::processed_schema(&self.features.schema)
+    }
+
+    /// An error naming `features.sql`.
+    pub fn features_error(&self, message: impl std::fmt::Display) -> Error {
+        self.features.file.error(message)
+    }
+
     /// Runs the three files on empty inputs and checks their output columns.
     async fn check(&self) -> Result<()> {
         self.features.keeps_seq()?;

@@ -564,6 +564,28 @@ async fn query_returns_arrow_ipc_and_refuses_writes_and_limits() {
         3
     );
 
+    // The catalog lists every table, though the statement names none of them.
+    for sql in [
+        "SHOW TABLES",
+        "SELECT table_name FROM information_schema.tables",
+    ] {
+        let (batches, _) = query(&mut c, sql, 0).await.unwrap();
+        let mut names: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let column = b.column(b.schema().index_of("table_name").unwrap());
+                let names =
+                    arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
+                (0..b.num_rows())
+                    .map(|i| names.as_string::<i32>().value(i).to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|n| ["processed", "windows", "aircraft_windows"].contains(&n.as_str()))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["aircraft_windows", "processed", "windows"], "{sql}");
+    }
+
     // max_rows truncates and says so.
     let (batches, truncated) = query(&mut c, "SELECT * FROM aircraft_windows", 10)
         .await
@@ -647,6 +669,21 @@ async fn a_large_result_comes_in_messages_a_grpc_client_takes() {
         .map(|b| b.unwrap().num_rows())
         .sum();
     assert_eq!(rows, 30_000);
+
+    // A few rows of that batch (a slice of it) are sized as themselves: one message of
+    // data, and the stream's end.
+    let messages = c
+        .query(QueryRequest {
+            sql: "SELECT * FROM aircraft_windows LIMIT 10".into(),
+            max_rows: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(messages.len(), 2, "{}", messages.len());
 }
 
 #[tokio::test]

@@ -1405,39 +1405,50 @@ async fn step(
 /// The pipeline's SQL files, in load order.
 const SQL_FILES: [&str; 3] = ["clean.sql", "features.sql", "aggregate.sql"];
 
-/// Contents of the SQL files (None where unreadable): a few KB, read once per batch.
-/// How the processed records' columns differ between two plans (names and types, in
-/// order), or `None` when they do not.
+/// How the processed records' columns differ between two plans, or `None` when they do not.
+/// Compared as the records are stored: by name (JSON and Parquet are read by name, so the
+/// order is free), and by type up to its spelling (`Utf8` and `Utf8View` are both strings;
+/// `UTC` and `+00:00` the same zone).
 fn schema_change(running: &Schema, edited: &Schema) -> Option<String> {
-    let shape = |s: &Schema| -> Vec<(String, DataType)> {
+    fn stored(t: &DataType) -> DataType {
+        match t {
+            DataType::Utf8View | DataType::LargeUtf8 => DataType::Utf8,
+            DataType::BinaryView | DataType::LargeBinary => DataType::Binary,
+            DataType::Timestamp(unit, Some(tz))
+                if matches!(
+                    tz.as_ref(),
+                    "UTC" | "utc" | "+00:00" | "Z" | "+0000" | "Etc/UTC"
+                ) =>
+            {
+                DataType::Timestamp(*unit, Some("UTC".into()))
+            }
+            other => other.clone(),
+        }
+    }
+    let shape = |s: &Schema| -> std::collections::BTreeMap<String, DataType> {
         s.fields()
             .iter()
-            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .map(|f| (f.name().clone(), stored(f.data_type())))
             .collect()
     };
     let (old, new) = (shape(running), shape(edited));
-    if old == new {
-        return None;
-    }
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     for (name, t) in &new {
-        match old.iter().find(|(n, _)| n == name) {
+        match old.get(name) {
             None => parts.push(format!("+{name}")),
-            Some((_, was)) if was != t => parts.push(format!("{name}: {was} -> {t}")),
+            Some(was) if was != t => parts.push(format!("{name}: {was} -> {t}")),
             _ => {}
         }
     }
     parts.extend(
-        old.iter()
-            .filter(|(n, _)| !new.iter().any(|(m, _)| m == n))
-            .map(|(n, _)| format!("-{n}")),
+        old.keys()
+            .filter(|n| !new.contains_key(*n))
+            .map(|n| format!("-{n}")),
     );
-    if parts.is_empty() {
-        parts.push("their order".into());
-    }
-    Some(parts.join(", "))
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// Contents of the SQL files (None where unreadable): a few KB, read once per batch.
 fn sql_texts(dir: &std::path::Path) -> Vec<Option<Vec<u8>>> {
     SQL_FILES
         .iter()
@@ -1447,4 +1458,50 @@ fn sql_texts(dir: &std::path::Path) -> Vec<Option<Vec<u8>>> {
 
 fn mtime(path: &std::path::Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::TimeUnit;
+
+    #[test]
+    fn a_schema_change_is_one_the_stored_records_would_show() {
+        let schema = |fields: Vec<(&str, DataType)>| {
+            Schema::new(
+                fields
+                    .into_iter()
+                    .map(|(n, t)| Field::new(n, t, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let ts = |tz: &str| DataType::Timestamp(TimeUnit::Microsecond, Some(tz.into()));
+        let running = schema(vec![
+            ("icao24", DataType::Utf8),
+            ("timestamp", ts("UTC")),
+            ("hour", DataType::Int32),
+        ]);
+        // Another order, a string type and a zone spelled otherwise: the same records.
+        let same = schema(vec![
+            ("hour", DataType::Int32),
+            ("timestamp", ts("+00:00")),
+            ("icao24", DataType::Utf8View),
+        ]);
+        assert_eq!(schema_change(&running, &same), None);
+        let changed = schema(vec![
+            ("icao24", DataType::Utf8),
+            ("timestamp", ts("Europe/Paris")),
+            ("hour", DataType::Int64),
+            ("extra", DataType::Utf8),
+        ]);
+        assert_eq!(
+            schema_change(&running, &changed).unwrap(),
+            "+extra, hour: Int32 -> Int64, timestamp: Timestamp(µs, \"UTC\") -> Timestamp(µs, \"Europe/Paris\")"
+        );
+        let dropped = schema(vec![("icao24", DataType::Utf8)]);
+        assert_eq!(
+            schema_change(&running, &dropped).unwrap(),
+            "-hour, -timestamp"
+        );
+    }
 }

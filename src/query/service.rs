@@ -163,13 +163,24 @@ const MESSAGE_BYTES: usize = 1 << 20;
 
 /// `batch` cut into slices of about [`MESSAGE_BYTES`] each (one when it is small). A live
 /// table is one batch of the whole store; a slice shares its buffers, so this copies
-/// nothing until the IPC writer writes it.
+/// nothing until the IPC writer writes it. The size is the slice's own (a `LIMIT` is a
+/// slice of a larger batch), and a view column's data buffers count whole, as the IPC
+/// writer writes them whole with every slice.
 fn message_parts(batch: &arrow::array::RecordBatch) -> Vec<arrow::array::RecordBatch> {
     let rows = batch.num_rows();
     if rows == 0 {
         return vec![batch.clone()];
     }
-    let per_row = (batch.get_array_memory_size() / rows).max(1);
+    let bytes: usize = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let data = c.to_data();
+            data.get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum();
+    let per_row = (bytes / rows).max(1);
     let step = (MESSAGE_BYTES / per_row).clamp(1, rows);
     (0..rows)
         .step_by(step)
@@ -194,8 +205,6 @@ fn query_status(e: &DataFusionError) -> Status {
                     | ArrowError::CastError(_)
                     | ArrowError::ArithmeticOverflow(_)
                     | ArrowError::ParseError(_)
-                    | ArrowError::ComputeError(_)
-                    | ArrowError::InvalidArgumentError(_)
             ) =>
         {
             invalid("sql", e.find_root())
@@ -388,7 +397,11 @@ impl Contrail for QueryService {
         let mut batches = started.map_err(|e| query_status(&e))?;
         let schema = batches.schema();
         let stream = async_stream(move |tx| async move {
-            let result: Result<(), Status> = async {
+            // The query runs in here and owns `batches`: whatever ends it, the query's
+            // memory (the shared pool's) is freed before the last message or the error is
+            // sent, however long the client takes to read them.
+            let last_tx = tx.clone();
+            let run = async move {
                 let mut writer = StreamWriter::try_new(Vec::new(), &schema)
                     .map_err(|e| Status::internal(e.to_string()))?;
                 let mut rows = 0u64;
@@ -411,8 +424,7 @@ impl Contrail for QueryService {
                             .write(&part)
                             .map_err(|e| Status::internal(e.to_string()))?;
                         let bytes = std::mem::take(writer.get_mut());
-                        // A client that stops reading is held to the deadline too: the
-                        // query's memory is the shared pool's.
+                        // A client that stops reading is held to the deadline too.
                         let sent = tokio::time::timeout_at(
                             deadline,
                             tx.send(Ok(QueryResponse {
@@ -427,7 +439,7 @@ impl Contrail for QueryService {
                             ))
                         })?;
                         if sent.is_err() {
-                            return Ok(()); // the client went away
+                            return Ok(None); // the client went away
                         }
                     }
                 }
@@ -442,21 +454,18 @@ impl Contrail for QueryService {
                 writer
                     .finish()
                     .map_err(|e| Status::internal(e.to_string()))?;
-                let bytes = std::mem::take(writer.get_mut());
-                let last = tx.send(Ok(QueryResponse {
-                    arrow_ipc: bytes,
+                Ok(Some(QueryResponse {
+                    arrow_ipc: std::mem::take(writer.get_mut()),
                     truncated,
-                }));
-                // Past the deadline the stream ends without its last message.
-                let _ = tokio::time::timeout_at(deadline, last).await;
-                Ok(())
-            }
-            .await;
-            // Dropping `batches` here frees the query's memory whatever the client does; the
-            // error goes out if there is room for it.
-            if let Err(status) = result {
-                let _ = tx.try_send(Err(status));
-            }
+                }))
+            };
+            let last = match run.await {
+                Ok(None) => return,
+                Ok(Some(last)) => Ok(last),
+                Err(status) => Err(status),
+            };
+            // After the data already queued, so the client sees the end or the error.
+            let _ = last_tx.send(last).await;
         });
         Ok(Response::new(Box::pin(stream)))
     }

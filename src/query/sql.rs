@@ -110,8 +110,12 @@ impl QueryEngine {
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect)?;
         let referenced = state.resolve_table_references(&statement)?;
+        // The catalog (`SHOW TABLES`, `information_schema.columns`) lists every table.
+        let catalog = referenced
+            .iter()
+            .any(|r| r.schema() == Some("information_schema"));
         for table in TABLES {
-            if !referenced.iter().any(|r| r.table() == table) {
+            if !catalog && !referenced.iter().any(|r| r.table() == table) {
                 continue;
             }
             let provider = match self.archived(&ctx, table).await {

@@ -687,6 +687,35 @@ async fn a_large_result_comes_in_messages_a_grpc_client_takes() {
 }
 
 #[tokio::test]
+async fn a_live_table_copy_is_charged_to_the_query_pool() {
+    let store = Arc::new(LiveStore::new(StoreLimits::default()));
+    for a in 0..30_000 {
+        store
+            .add(
+                Feed::AircraftWindows,
+                &aircraft_window(T0, &format!("{a:06x}"), 1),
+            )
+            .unwrap();
+    }
+    // ~3 MB of Arrow data against a 1 MiB pool: refused, and the pool is free again.
+    let small = QueryLimits {
+        memory_bytes: 1 << 20,
+        ..limits()
+    };
+    let r = start(store, None, small).await;
+    let mut c = client(&r).await;
+    let e = query(&mut c, "SELECT count(*) FROM aircraft_windows", 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("live table aircraft_windows"), "{e:?}");
+    let (batches, _) = query(&mut c, "SELECT count(*) AS n FROM windows", 0)
+        .await
+        .unwrap();
+    assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 0);
+}
+
+#[tokio::test]
 async fn query_memory_and_time_limits() {
     let tight = QueryLimits {
         max_rows: 1_000,

@@ -23,10 +23,12 @@ use datafusion::datasource::listing::{
 };
 use datafusion::error::Result;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryConsumer};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt as _;
 
 use super::proto::{AircraftWindow, State, Window};
 use super::store::{LiveStore, micros};
@@ -114,13 +116,24 @@ impl QueryEngine {
         let catalog = referenced
             .iter()
             .any(|r| r.schema() == Some("information_schema"));
+        // A live table's copy is charged to the shared pool for as long as its query runs,
+        // so concurrent queries over a full store fail with ResourcesExhausted rather than
+        // take the server's memory.
+        let mut copies = Vec::new();
         for table in TABLES {
             if !catalog && !referenced.iter().any(|r| r.table() == table) {
                 continue;
             }
             let provider = match self.archived(&ctx, table).await {
                 Some(p) => p,
-                None => live_table(table, store)?,
+                None => {
+                    let batch = live_batch(table, store)?;
+                    let copy = MemoryConsumer::new(format!("live table {table}"))
+                        .register(&self.runtime.memory_pool);
+                    copy.try_grow(batch.get_array_memory_size())?;
+                    copies.push(copy);
+                    Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?)
+                }
             };
             ctx.register_table(table, provider)?;
         }
@@ -128,10 +141,21 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        ctx.sql_with_options(sql, options)
+        let stream = ctx
+            .sql_with_options(sql, options)
             .await?
             .execute_stream()
-            .await
+            .await?;
+        if copies.is_empty() {
+            return Ok(stream);
+        }
+        let schema = stream.schema();
+        // The reservations go with the stream.
+        let stream = stream.map(move |batch| {
+            let _ = &copies;
+            batch
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
 
@@ -143,16 +167,13 @@ fn ts_array(v: Vec<Option<i64>>) -> ArrayRef {
     Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
 }
 
-fn live_table(table: &str, store: &LiveStore) -> Result<Arc<dyn TableProvider>> {
-    let batch = match table {
-        "windows" => windows_batch(&store.all_windows())?,
-        "aircraft_windows" => aircraft_windows_batch(&store.all_aircraft_windows())?,
-        _ => states_batch(&store.all_states())?,
-    };
-    Ok(Arc::new(MemTable::try_new(
-        batch.schema(),
-        vec![vec![batch]],
-    )?))
+/// The live store's rows of `table`, as one batch.
+fn live_batch(table: &str, store: &LiveStore) -> Result<RecordBatch> {
+    match table {
+        "windows" => windows_batch(&store.all_windows()),
+        "aircraft_windows" => aircraft_windows_batch(&store.all_aircraft_windows()),
+        _ => states_batch(&store.all_states()),
+    }
 }
 
 fn f64s<T>(rows: &[T], f: impl Fn(&T) -> Option<f64>) -> ArrayRef {

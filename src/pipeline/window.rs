@@ -451,6 +451,26 @@ pub struct BatchPartial {
     pub stats: Partial,
 }
 
+/// aggregate.sql's integer columns, in the order [`read_partials`] reads them.
+const PARTIAL_COUNTS: [&str; 8] = [
+    "event_count",
+    "anomaly_count",
+    "velocity_count",
+    "velocity_sum_e6",
+    "altitude_count",
+    "altitude_sum_e3",
+    "anomaly_score_count",
+    "anomaly_score_sum_e9",
+];
+
+/// aggregate.sql's minima and maxima, in the order [`read_partials`] reads them.
+const PARTIAL_EXTREMES: [&str; 4] = [
+    "velocity_min",
+    "velocity_max",
+    "altitude_min",
+    "altitude_max",
+];
+
 /// Reads `aggregate.sql`'s output; a missing column or one of the wrong kind is named.
 pub fn read_partials(batch: &RecordBatch) -> std::result::Result<Vec<BatchPartial>, String> {
     use arrow::array::{Array, AsArray};
@@ -467,28 +487,14 @@ pub fn read_partials(batch: &RecordBatch) -> std::result::Result<Vec<BatchPartia
     let partition = col(PARTITION_COLUMN, &DataType::Int32)?;
     let start = col("window_start", &timestamp_type())?;
     let icao24 = col("icao24", &DataType::Utf8)?;
-    let ints: Vec<ArrayRef> = [
-        "event_count",
-        "anomaly_count",
-        "velocity_count",
-        "velocity_sum_e6",
-        "altitude_count",
-        "altitude_sum_e3",
-        "anomaly_score_count",
-        "anomaly_score_sum_e9",
-    ]
-    .into_iter()
-    .map(int)
-    .collect::<std::result::Result<_, _>>()?;
-    let floats: Vec<ArrayRef> = [
-        "velocity_min",
-        "velocity_max",
-        "altitude_min",
-        "altitude_max",
-    ]
-    .into_iter()
-    .map(float)
-    .collect::<std::result::Result<_, _>>()?;
+    let ints: Vec<ArrayRef> = PARTIAL_COUNTS
+        .into_iter()
+        .map(int)
+        .collect::<std::result::Result<_, _>>()?;
+    let floats: Vec<ArrayRef> = PARTIAL_EXTREMES
+        .into_iter()
+        .map(float)
+        .collect::<std::result::Result<_, _>>()?;
     let (partition, start, icao24) = (
         partition.as_primitive::<Int32Type>(),
         start.as_primitive::<TimestampMicrosecondType>(),
@@ -758,25 +764,11 @@ mod tests {
             Arc::new(TimestampMicrosecondArray::from(vec![0, 0]).with_timezone("UTC")),
             Arc::new(StringArray::from(vec!["aaa", "bbb"])),
         ];
-        for name in [
-            "event_count",
-            "anomaly_count",
-            "velocity_count",
-            "velocity_sum_e6",
-            "altitude_count",
-            "altitude_sum_e3",
-            "anomaly_score_count",
-            "anomaly_score_sum_e9",
-        ] {
+        for name in PARTIAL_COUNTS {
             fields.push(Field::new(name, DataType::Int64, false));
             columns.push(Arc::new(ints.clone()));
         }
-        for name in [
-            "velocity_min",
-            "velocity_max",
-            "altitude_min",
-            "altitude_max",
-        ] {
+        for name in PARTIAL_EXTREMES {
             fields.push(Field::new(name, DataType::Float64, true));
             columns.push(Arc::new(zeros.clone()));
         }

@@ -42,7 +42,7 @@ use crate::model::Model;
 use crate::schema::{PROCESSING_TIMESTAMP, SEQ_COLUMN, timestamp_type};
 use crate::udf::Scorer;
 use merge::Merger;
-use sql::{SqlPipeline, SqlVars, seq_values, with_partition_column};
+use sql::{SqlPipeline, SqlVars, seq_values};
 use window::{AircraftWindow, PartitionState, Progress, WindowPartial, WindowSpec};
 
 /// Where the process stage writes.
@@ -377,11 +377,7 @@ impl Processor {
         let mut per_aircraft: BTreeMap<(i64, String), window::Partial> = BTreeMap::new();
         for batch in records {
             let parts = vec![0; batch.num_rows()];
-            let partials = self
-                .sql
-                .run_aggregate(with_partition_column(batch, &parts)?)
-                .await?;
-            for bp in window::read_partials(&partials).map_err(|e| self.sql.aggregate_error(e))? {
+            for bp in self.sql.partials(batch, &parts).await? {
                 per_aircraft
                     .entry((bp.window_start, bp.icao24))
                     .or_default()
@@ -539,10 +535,7 @@ impl Processor {
             .iter()
             .map(|s| messages[*s as usize].partition)
             .collect();
-        let partials = sql
-            .run_aggregate(with_partition_column(&processed, &parts)?)
-            .await?;
-        window::read_partials(&partials).map_err(|e| sql.aggregate_error(e))?;
+        sql.partials(&processed, &parts).await?;
         Ok(())
     }
 
@@ -1053,11 +1046,7 @@ impl Processor {
         expected: &HashSet<(i32, i64)>,
     ) -> Result<Vec<window::BatchPartial>> {
         let spec = self.config.window;
-        let partials = self
-            .sql
-            .run_aggregate(with_partition_column(records, parts)?)
-            .await?;
-        let partials = window::read_partials(&partials).map_err(|e| self.sql.aggregate_error(e))?;
+        let partials = self.sql.partials(records, parts).await?;
         if let Some(bp) = partials
             .iter()
             .find(|bp| !expected.contains(&(bp.partition, bp.window_start)))

@@ -35,7 +35,7 @@ use parking_lot::RwLock;
 
 use super::continuity::{PREVIOUS_SCHEMA, link_schema};
 use super::decode::raw_with_seq_schema;
-use super::window::{PARTITION_COLUMN, read_partials};
+use super::window::{BatchPartial, PARTITION_COLUMN, read_partials};
 use crate::error::{Error, Result};
 use crate::schema::{PROCESSING_TIMESTAMP, SEQ_COLUMN, processed_contract_columns};
 use crate::udf::{IsAnomaly, IsolationForestScore, Scorer};
@@ -445,10 +445,22 @@ impl SqlPipeline {
         let empty_raw = RecordBatch::new_empty(raw_with_seq_schema());
         let empty_prev = RecordBatch::new_empty(Arc::clone(&PREVIOUS_SCHEMA));
         let out = self.run(empty_raw, empty_prev).await?;
-        let records = with_partition_column(&super::finish(&out.features, 0)?, &[])?;
-        let partials = self.run_aggregate(records).await?;
-        read_partials(&partials).map_err(|e| self.aggregate.file.error(e))?;
+        self.partials(&super::finish(&out.features, 0)?, &[])
+            .await?;
         Ok(())
+    }
+
+    /// Runs `aggregate.sql` on processed `records`, the source partition of each row in
+    /// `partitions`, and reads its partials (what is wrong with them names the file).
+    pub async fn partials(
+        &self,
+        records: &RecordBatch,
+        partitions: &[i32],
+    ) -> Result<Vec<BatchPartial>> {
+        let out = self
+            .run_aggregate(with_partition_column(records, partitions)?)
+            .await?;
+        read_partials(&out).map_err(|e| self.aggregate_error(e))
     }
 
     /// Runs `aggregate.sql` on `records` (processed rows with `_partition`).

@@ -398,10 +398,7 @@ impl Demo {
 /// The shipped SQL files in a folder of their own, for a demo whose edits a test makes.
 fn copy_of_sql() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
-    for name in ["clean.sql", "features.sql", "aggregate.sql"] {
-        std::fs::copy(sql.join(name), dir.path().join(name)).unwrap();
-    }
+    common::copy_sql(dir.path());
     dir
 }
 

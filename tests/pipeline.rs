@@ -1,6 +1,8 @@
 //! The process stage on its own (no broker): simulator records in, processed records,
 //! dead letters and Parquet files out.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -629,16 +631,6 @@ async fn streamed_windows_equal_one_batch_query_over_the_same_records() {
     );
 }
 
-fn copy_sql(to: &Path) {
-    for f in ["clean.sql", "features.sql", "aggregate.sql"] {
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(f),
-            to.join(f),
-        )
-        .unwrap();
-    }
-}
-
 fn phases(out: &[OutRecord]) -> std::collections::BTreeSet<String> {
     split(out)
         .0
@@ -650,9 +642,13 @@ fn phases(out: &[OutRecord]) -> std::collections::BTreeSet<String> {
 #[tokio::test]
 async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good_plan() {
     let dir = tempfile::tempdir().unwrap();
-    copy_sql(dir.path());
+    common::copy_sql(dir.path());
     let features = dir.path().join("features.sql");
     let original = std::fs::read_to_string(&features).unwrap();
+    let edit = |from: &str, to: &str| {
+        assert!(original.contains(from), "{from}");
+        std::fs::write(&features, original.replace(from, to)).unwrap();
+    };
     let (mut p, stats) = processor_with_sql(dir.path().to_path_buf(), None).await;
     let msgs = messages(&inputs()[..3000]);
     let load = |s: &Arc<ProcessStats>| {
@@ -672,31 +668,19 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
 
     // A syntax error, then an edit that drops a contract column: both rejected, counted,
     // and the batch runs on the last good plan.
-    std::fs::write(
-        &features,
-        original.replace("WITH units AS", "WITH units AS AS"),
-    )
-    .unwrap();
+    edit("WITH units AS", "WITH units AS AS");
     assert_eq!(p.process(&msgs[1000..2000]).await.unwrap(), expected[1]);
     assert_eq!(load(&stats), (0, 1));
-    std::fs::write(
-        &features,
-        original.replace("END AS flight_phase", "END AS phase"),
-    )
-    .unwrap();
+    edit("END AS flight_phase", "END AS phase");
     let third = p.process(&msgs[2000..]).await.unwrap();
     assert_eq!(third, expected[2]);
     assert_eq!(load(&stats), (0, 2));
     // One that changes the type of a column the pipeline reads itself: planned and run
     // on empty input it works, on rows it would fail (once a panic) every batch.
-    std::fs::write(
-        &features,
-        original.replace(
-            "* 3.28083989501 AS altitude_ft",
-            "* 3.28083989501 AS altitude_ft_float,\n        CAST(COALESCE(baro_altitude, geo_altitude) * 3.28083989501 AS INT) AS altitude_ft",
-        ),
-    )
-    .unwrap();
+    edit(
+        "* 3.28083989501 AS altitude_ft",
+        "* 3.28083989501 AS altitude_ft_float,\n        CAST(COALESCE(baro_altitude, geo_altitude) * 3.28083989501 AS INT) AS altitude_ft",
+    );
     let out = p.process(&msgs[..1000]).await.unwrap();
     let (processed, dead) = split(&out);
     assert_eq!(load(&stats), (0, 3));
@@ -709,14 +693,10 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
     );
     // One that plans and runs on empty input but fails on every real row (these
     // callsigns are not numbers): tried on the last batch's records and rejected.
-    std::fs::write(
-        &features,
-        original.replace(
-            "CAST(date_part('hour', timestamp) AS INT)          AS hour,",
-            "CAST(date_part('hour', timestamp) + CAST(callsign AS INT) * 0 AS INT) AS hour,",
-        ),
-    )
-    .unwrap();
+    edit(
+        "CAST(date_part('hour', timestamp) AS INT)          AS hour,",
+        "CAST(date_part('hour', timestamp) + CAST(callsign AS INT) * 0 AS INT) AS hour,",
+    );
     let out = p.process(&msgs[1000..2000]).await.unwrap();
     assert_eq!(load(&stats), (0, 4));
     let notice = &stats.notices()[0];
@@ -729,14 +709,10 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
     assert!(processed.len() > 900, "{}", processed.len());
     // One that adds a column: fine at start-up, but while running the topic and the
     // archive would hold records of two shapes.
-    std::fs::write(
-        &features,
-        original.replace(
-            "AS is_anomaly\nFROM scored",
-            "AS is_anomaly, length(callsign) AS callsign_length\nFROM scored",
-        ),
-    )
-    .unwrap();
+    edit(
+        "AS is_anomaly\nFROM scored",
+        "AS is_anomaly, length(callsign) AS callsign_length\nFROM scored",
+    );
     let out = p.process(&msgs[2000..]).await.unwrap();
     assert_eq!(load(&stats), (0, 5));
     assert!(
@@ -753,11 +729,7 @@ async fn sql_edits_reload_at_a_batch_boundary_and_a_bad_edit_keeps_the_last_good
 
     // A good edit (approach renamed): swapped in for the next batch.
     assert!(phases(&third).contains("approach"));
-    std::fs::write(
-        &features,
-        original.replace("THEN 'approach'", "THEN 'final'"),
-    )
-    .unwrap();
+    edit("THEN 'approach'", "THEN 'final'");
     let out = p.process(&msgs[..1000]).await.unwrap();
     assert_eq!(load(&stats), (1, 5));
     assert!(stats.notices().is_empty());
@@ -976,7 +948,7 @@ async fn a_batch_processed_again_after_a_failure_publishes_the_same_records() {
 #[tokio::test]
 async fn an_aggregate_sql_failure_leaves_the_state_as_it_was_for_the_retry() {
     let dir = tempfile::tempdir().unwrap();
-    copy_sql(dir.path());
+    common::copy_sql(dir.path());
     // A user's aggregate.sql that only takes numeric callsigns: a run-time cast error on
     // any other.
     let aggregate = std::fs::read_to_string(dir.path().join("aggregate.sql"))

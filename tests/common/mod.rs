@@ -1,5 +1,5 @@
-//! Helpers of the broker-backed tests: the broker's address, running the `contrail`
-//! binary, and reading topics as a `read_committed` consumer.
+//! Helpers of the integration tests: the broker's address, running the `contrail`
+//! binary, reading topics as a `read_committed` consumer, and a copy of the shipped SQL.
 
 #![allow(dead_code)]
 
@@ -13,6 +13,14 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Offset, TopicPartitionList};
+
+/// Copies the shipped `sql/*.sql` into `to`, for a test that edits them.
+pub fn copy_sql(to: &std::path::Path) {
+    let sql = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    for f in ["clean.sql", "features.sql", "aggregate.sql"] {
+        std::fs::copy(sql.join(f), to.join(f)).unwrap();
+    }
+}
 
 pub fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())

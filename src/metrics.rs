@@ -351,6 +351,16 @@ pub fn process(e: &mut Exposition, s: &ProcessStats) {
             &s.archive_files,
         ),
         (
+            "contrail_process_archive_files_promoted_on_restore_total",
+            "Staged Parquet files of a committed batch moved into place when its partition was taken over.",
+            &s.archive_files_promoted_on_restore,
+        ),
+        (
+            "contrail_process_uncommitted_archive_files_removed_total",
+            "Staged or temporary Parquet files of batches that never committed, removed.",
+            &s.uncommitted_files_removed,
+        ),
+        (
             "contrail_process_model_reloads_total",
             "Model files swapped in while running.",
             &s.model_reloads,

@@ -1099,3 +1099,130 @@ async fn a_record_from_a_clock_days_ahead_leaves_the_watermark_and_windows_alone
     assert!(!windows(&want).is_empty());
     assert_eq!(windows(&got), windows(&want));
 }
+
+/// A changelog as Kafka would serve it: the changelog records of the commits made so far.
+#[derive(Clone, Default)]
+struct CommittedChangelog(Arc<std::sync::Mutex<Vec<OutRecord>>>);
+
+impl CommittedChangelog {
+    fn commit(&self, outputs: &[OutRecord]) {
+        self.0.lock().unwrap().extend(
+            outputs
+                .iter()
+                .filter(|r| r.topic == topic::WINDOW_STATE)
+                .cloned(),
+        );
+    }
+}
+
+#[async_trait::async_trait]
+impl contrail::bus::ChangelogReader for CommittedChangelog {
+    async fn read(
+        &self,
+        partition: i32,
+    ) -> contrail::error::Result<Vec<contrail::bus::ChangelogRecord>> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.partition == Some(partition))
+            .map(|r| {
+                let key = r.key.clone().unwrap_or_default();
+                (key, (!r.tombstone).then(|| r.payload.to_vec()))
+            })
+            .collect())
+    }
+}
+
+/// Rows in the Parquet files a reader of `dir` sees (hidden and staged files are not).
+fn visible_rows(dir: &Path) -> usize {
+    walk(dir)
+        .iter()
+        .filter(|f| {
+            f.extension().is_some_and(|x| x == "parquet")
+                && !f.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .map(|f| parquet_rows(f))
+        .sum()
+}
+
+/// With a changelog, a batch's Parquet files are staged and move into place only once its
+/// commit has succeeded, so the archive holds committed rows only:
+/// - a processor cut off from its group that finishes a batch after the partitions' new
+///   owner restored them (its transaction is fenced and never commits) adds no row, even
+///   where it cut the batch differently from the new owner;
+/// - a crash between a commit and the renames loses no row: the next owner finds the
+///   batch committed in the changelog and moves its files into place;
+/// - the files of a batch that never committed are removed when the partition is taken over.
+#[tokio::test]
+async fn only_committed_batches_reach_the_archive() {
+    let msgs = messages(&inputs());
+    let dir = tempfile::tempdir().unwrap();
+    let processed_dir = dir.path().join("processed");
+    let changelog = CommittedChangelog::default();
+    let owner = || async {
+        let (p, stats) = processor(Some(dir.path().to_path_buf())).await;
+        (p.with_changelog(Arc::new(changelog.clone())), stats)
+    };
+    let published = |out: &[OutRecord]| out.iter().filter(|r| r.topic == PROCESSED).count();
+    let (head, tail) = msgs.split_at(600);
+    let (first, second) = head.split_at(300);
+
+    // The new owner restores every partition and commits its first batch.
+    let (mut new_owner, _) = owner().await;
+    let out = new_owner.process(first).await.unwrap();
+    assert_eq!(
+        visible_rows(&processed_dir),
+        0,
+        "files in place before the commit"
+    );
+    changelog.commit(&out);
+    contrail::archive::promote(&new_owner.take_staged()).unwrap();
+    let mut processed = published(&out);
+    assert_eq!(visible_rows(&processed_dir), processed);
+
+    // The old owner, its state restored before the handover, finishes a batch cut
+    // elsewhere (offsets 0-449); its commit is fenced, so it never promotes.
+    let (mut old_owner, _) = owner().await;
+    let fenced = old_owner.process(&head[..450]).await.unwrap();
+    assert!(published(&fenced) > processed);
+    assert!(
+        !old_owner.take_staged().is_empty(),
+        "the old owner staged its files"
+    );
+    assert_eq!(
+        visible_rows(&processed_dir),
+        processed,
+        "the fenced batch's rows reached the archive"
+    );
+
+    // The new owner commits its second batch, then crashes before moving its files.
+    let out = new_owner.process(second).await.unwrap();
+    changelog.commit(&out);
+    processed += published(&out);
+    assert!(!new_owner.take_staged().is_empty());
+    drop(new_owner);
+
+    // The next owner restarts at offset 600: the committed batch's files move into place,
+    // the fenced batch's go.
+    let (mut next, stats) = owner().await;
+    let out = next.process(&tail[..100]).await.unwrap();
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(stats.archive_files_promoted_on_restore.load(Relaxed) > 0);
+    assert!(stats.uncommitted_files_removed.load(Relaxed) > 0);
+    assert_eq!(
+        visible_rows(&processed_dir),
+        processed,
+        "the crashed commit's rows"
+    );
+    changelog.commit(&out);
+    contrail::archive::promote(&next.take_staged()).unwrap();
+    processed += published(&out);
+    assert_eq!(visible_rows(&processed_dir), processed);
+    let hidden: Vec<PathBuf> = walk(dir.path())
+        .into_iter()
+        .filter(|f| f.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "left behind: {hidden:?}");
+}

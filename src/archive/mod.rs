@@ -8,14 +8,20 @@
 //! instead of adding rows.
 //! Rows go to the hour of their event time (`timestamp`; `window_start` for windows).
 //!
-//! Files are written before the micro-batch's Kafka transaction commits. When a partition
-//! is (re)assigned, [`ArchiveWriter::remove_uncommitted`] deletes its files that start at
-//! or after the committed offset: they came from a batch that never committed, and the
-//! batch that re-reads those records may be cut differently.
+//! Where a micro-batch commits through Kafka, its files are *staged*: written and synced
+//! under a hidden name that carries the batch's token (`.name.TOKEN.staged`), and renamed
+//! into place by [`promote`] only once the batch's transaction has committed. The token
+//! goes into the same transaction (the window-state changelog), so when a partition is
+//! (re)assigned, [`ArchiveWriter::settle_partition`] knows which staged files belong to the
+//! last committed batch (promoted, if a crash came between the commit and the renames) and
+//! which to a batch that never committed (removed: a crash before the commit, or a
+//! processor cut off from its group that finished a batch its transaction could not
+//! commit). A file in place therefore always holds a committed batch's rows.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
@@ -64,9 +70,49 @@ pub struct ArchiveWriter {
     dir: PathBuf,
     time_column: &'static str,
     compression: ArchiveCompression,
+    /// The token of the batch whose files this writer stages; `None` writes them in place.
+    stage: Option<Arc<str>>,
+}
+
+/// What [`ArchiveWriter::settle_partition`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Staged files of the last committed batch moved into place.
+    pub promoted: usize,
+    /// Staged and temporary files of batches that never committed, deleted.
+    pub removed: usize,
+}
+
+impl std::ops::AddAssign for Settled {
+    fn add_assign(&mut self, other: Self) {
+        self.promoted += other.promoted;
+        self.removed += other.removed;
+    }
+}
+
+const STAGED_SUFFIX: &str = ".staged";
+
+/// `(final name, token)` of a staged file's name, `.NAME.TOKEN.staged`.
+fn staged_parts(file_name: &str) -> Option<(&str, &str)> {
+    file_name
+        .strip_prefix('.')?
+        .strip_suffix(STAGED_SUFFIX)?
+        .rsplit_once('.')
+}
+
+/// `(first, last)` offsets of a file named `part-pPPP-FIRST-LAST.parquet` after its
+/// `part-pPPP-` prefix.
+fn offsets(rest: &str) -> Option<(i64, i64)> {
+    let (first, last) = rest.strip_suffix(".parquet")?.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 impl ArchiveWriter {
+    /// Whether this writer stages its files (see [`Self::staged`]).
+    pub fn is_staging(&self) -> bool {
+        self.stage.is_some()
+    }
+
     /// A dataset partitioned by its `timestamp` column.
     pub fn new(root: &Path, dataset: &str) -> Self {
         Self::with_time_column(root, dataset, "timestamp")
@@ -78,6 +124,16 @@ impl ArchiveWriter {
             dir: root.join(dataset),
             time_column,
             compression: ArchiveCompression::default(),
+            stage: None,
+        }
+    }
+
+    /// This writer, staging the files it writes under `token` (a batch that commits
+    /// through Kafka), or writing them in place (`None`).
+    pub fn staged(&self, token: Option<&Arc<str>>) -> Self {
+        Self {
+            stage: token.cloned(),
+            ..self.clone()
         }
     }
 
@@ -105,11 +161,20 @@ impl ArchiveWriter {
         props.build()
     }
 
-    /// Deletes the files of `source_partition` whose first offset is `from_offset` or
-    /// later, and its leftover temporary files. Returns how many files went.
-    pub fn remove_uncommitted(&self, source_partition: i32, from_offset: i64) -> Result<usize> {
+    /// Puts `source_partition`'s files in order when the partition is (re)assigned and its
+    /// records are read again from offset `restart`: the staged files of batch `committed`
+    /// (the token the changelog holds for the partition's last committed batch) that end
+    /// before `restart` move into place; every other staged file of the partition, and any
+    /// temporary file, is deleted. Files in place are left alone.
+    pub fn settle_partition(
+        &self,
+        source_partition: i32,
+        committed: Option<&str>,
+        restart: i64,
+    ) -> Result<Settled> {
         let prefix = format!("part-p{source_partition:03}-");
-        let mut removed = 0;
+        let mut settled = Settled::default();
+        let mut promoted = Vec::new();
         let mut dirs = vec![self.dir.clone()];
         while let Some(dir) = dirs.pop() {
             let entries = match std::fs::read_dir(&dir) {
@@ -125,22 +190,30 @@ impl ArchiveWriter {
                     continue;
                 }
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let stale = if let Some(tmp) = name.strip_prefix('.') {
-                    tmp.starts_with(&prefix) && tmp.ends_with(".tmp")
-                } else {
-                    name.strip_prefix(&prefix)
-                        .and_then(|rest| rest.split('-').next())
-                        .and_then(|first| first.parse::<i64>().ok())
-                        .is_some_and(|first| first >= from_offset)
+                let promote = match staged_parts(&name) {
+                    Some((file, token)) => match file.strip_prefix(&prefix) {
+                        None => continue,
+                        Some(rest) => {
+                            Some(token) == committed
+                                && offsets(rest).is_some_and(|(_, last)| last < restart)
+                        }
+                    },
+                    None if name.starts_with(&format!(".{prefix}")) && name.ends_with(".tmp") => {
+                        false
+                    }
+                    None => continue,
                 };
-                if stale {
+                if promote {
+                    promoted.push(path);
+                } else {
                     std::fs::remove_file(&path)
                         .map_err(|e| Error::io("removing uncommitted archive file", &path, e))?;
-                    removed += 1;
+                    settled.removed += 1;
                 }
             }
         }
-        Ok(removed)
+        settled.promoted = promote(&promoted)?;
+        Ok(settled)
     }
 
     pub fn dir(&self) -> &Path {
@@ -204,10 +277,13 @@ impl ArchiveWriter {
         Ok(written)
     }
 
+    /// Writes and syncs one file; returns where it is: in place, or staged.
     fn write_file(&self, dir: &Path, name: &str, batch: &RecordBatch) -> Result<PathBuf> {
         create_folder(dir)?;
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let path = dir.join(name);
+        let tmp = match &self.stage {
+            Some(token) => dir.join(format!(".{name}.{token}{STAGED_SUFFIX}")),
+            None => dir.join(format!(".{name}.tmp")),
+        };
         let file = File::create(&tmp).map_err(|e| Error::io("creating archive file", &tmp, e))?;
         let schema = batch.schema();
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(self.props(&schema)))?;
@@ -215,10 +291,45 @@ impl ArchiveWriter {
         let file = writer.into_inner()?;
         file.sync_all()
             .map_err(|e| Error::io("syncing archive file", &tmp, e))?;
+        if self.stage.is_some() {
+            return Ok(tmp);
+        }
+        let path = dir.join(name);
         std::fs::rename(&tmp, &path)
             .map_err(|e| Error::io("renaming archive file into place", &path, e))?;
         Ok(path)
     }
+}
+
+/// Moves staged files into place, once their batch has committed, and syncs their
+/// folders. A file already gone was moved by the partition's next owner, which found the
+/// batch committed when it took the partition over ([`ArchiveWriter::settle_partition`]).
+/// Returns how many this call moved.
+pub fn promote(staged: &[PathBuf]) -> Result<usize> {
+    let mut moved = Vec::with_capacity(staged.len());
+    for path in staged {
+        let name = path.file_name().map(|n| n.to_string_lossy());
+        let Some((file, _)) = name.as_deref().and_then(staged_parts) else {
+            return Err(Error::Internal(format!(
+                "{} is not a staged archive file",
+                path.display()
+            )));
+        };
+        let target = path.with_file_name(file);
+        match std::fs::rename(path, &target) {
+            Ok(()) => moved.push(target),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    "moving a staged archive file into place",
+                    path,
+                    e,
+                ));
+            }
+        }
+    }
+    sync_folders(&moved)?;
+    Ok(moved.len())
 }
 
 /// Syncs the folder of each of `files` once, so their renames into place are on disk.
@@ -259,7 +370,6 @@ mod tests {
     use arrow::array::{Int64Array, TimestampMicrosecondArray};
     use arrow::datatypes::{Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use std::sync::Arc;
 
     fn batch(ts: Vec<i64>) -> RecordBatch {
         let n = ts.len() as i64;
@@ -386,21 +496,73 @@ mod tests {
     }
 
     #[test]
-    fn uncommitted_files_of_a_partition_are_removed() {
+    fn staged_files_are_promoted_once_committed_and_removed_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let w = ArchiveWriter::new(dir.path(), "processed");
         let t0 = 1_795_604_399_000_000;
         let b = batch(vec![t0, t0 + 1_000_000]);
-        let kept = w.write(&b, 3, 100, 199).unwrap();
-        let gone = w.write(&b, 3, 200, 260).unwrap();
-        let other = w.write(&b, 4, 300, 400).unwrap();
-        let tmp = kept[0].parent().unwrap().join(".part-p003-x.tmp");
+        let final_path = |p: &Path| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            p.with_file_name(staged_parts(&name).unwrap().0)
+        };
+        let hidden =
+            |files: &[PathBuf]| files.iter().all(|p| p.exists() && !final_path(p).exists());
+        // Batch A committed and promoted; batch B committed, crash before its promotion;
+        // batch C never committed; partition 4's staged batch is not ours to settle.
+        let a: Arc<str> = "aaaa".into();
+        let b_token: Arc<str> = "bbbb".into();
+        let c: Arc<str> = "cccc".into();
+        let staged_a = w.staged(Some(&a)).write(&b, 3, 0, 99).unwrap();
+        assert!(hidden(&staged_a), "staged files stay hidden until promoted");
+        assert_eq!(promote(&staged_a).unwrap(), 2);
+        let promoted_a: Vec<PathBuf> = staged_a.iter().map(|p| final_path(p)).collect();
+        let staged_b = w.staged(Some(&b_token)).write(&b, 3, 100, 199).unwrap();
+        let staged_c = w.staged(Some(&c)).write(&b, 3, 200, 260).unwrap();
+        let other = w.staged(Some(&c)).write(&b, 4, 300, 400).unwrap();
+        let tmp = staged_a[0].parent().unwrap().join(".part-p003-x.tmp");
         std::fs::write(&tmp, b"half").unwrap();
-        assert_eq!(w.remove_uncommitted(3, 200).unwrap(), 3);
-        assert!(kept.iter().chain(&other).all(|p| p.exists()));
-        assert!(gone.iter().all(|p| !p.exists()) && !tmp.exists());
+        assert!(hidden(&staged_b) && hidden(&staged_c));
+
+        let settled = w.settle_partition(3, Some("bbbb"), 200).unwrap();
+        assert_eq!(
+            settled,
+            Settled {
+                promoted: 2,
+                removed: 3
+            }
+        );
+        assert!(promoted_a.iter().all(|p| p.exists()), "files in place stay");
+        assert!(
+            staged_b
+                .iter()
+                .all(|p| !p.exists() && final_path(p).exists())
+        );
+        assert!(
+            staged_c
+                .iter()
+                .all(|p| !p.exists() && !final_path(p).exists())
+        );
+        assert!(!tmp.exists());
+        assert!(hidden(&other), "other partitions are left alone");
+        // The old owner promoting after the new owner did: nothing to move, no error.
+        assert_eq!(promote(&staged_b).unwrap(), 0);
+        // A staged file of the committed token at or past the restart offset is not the
+        // committed batch's: removed.
+        let late = w.staged(Some(&b_token)).write(&b, 3, 200, 210).unwrap();
+        assert_eq!(
+            w.settle_partition(3, Some("bbbb"), 200).unwrap(),
+            Settled {
+                promoted: 0,
+                removed: 2
+            }
+        );
+        assert!(late.iter().all(|p| !p.exists() && !final_path(p).exists()));
         // Nothing written yet: nothing to do.
         let empty = ArchiveWriter::new(dir.path(), "windows");
-        assert_eq!(empty.remove_uncommitted(0, 0).unwrap(), 0);
+        assert_eq!(
+            empty.settle_partition(0, None, 0).unwrap(),
+            Settled::default()
+        );
+        assert!(promote(&[tmp]).is_err(), "only staged files are promoted");
     }
 }

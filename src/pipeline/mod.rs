@@ -10,7 +10,9 @@
 //!
 //! State is per source partition ([`window::PartitionState`]). When a partition's first
 //! record arrives (at start-up, after a rebalance or a recovery), its state is restored
-//! from the changelog, and archive files of batches that never committed are removed.
+//! from the changelog, and its archive files are settled: those of its last committed
+//! batch that a crash kept from moving into place are promoted, those of batches that
+//! never committed removed (see [`crate::archive`]).
 
 pub mod continuity;
 pub mod decode;
@@ -32,7 +34,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimestampMicrosecondType};
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{ArchiveCompression, ArchiveWriter};
+use crate::archive::{ArchiveCompression, ArchiveWriter, Settled};
 use crate::bus::{BatchConsumer, BatchLimits, ChangelogReader, Message, OutRecord};
 use crate::clock::SharedClock;
 use crate::config::topic;
@@ -135,6 +137,7 @@ pub struct ProcessStats {
     pub windows: AtomicU64,
     pub restores: AtomicU64,
     pub uncommitted_files_removed: AtomicU64,
+    pub archive_files_promoted_on_restore: AtomicU64,
     /// Raw records per micro-batch, and the time to process and commit each.
     pub batch_records: crate::metrics::Histogram<crate::metrics::RecordBuckets>,
     pub batch_seconds: crate::metrics::Histogram<crate::metrics::SecondBuckets>,
@@ -220,6 +223,47 @@ pub struct Processor {
     /// Records of the last batch the running SQL processed whole: an edit must process
     /// them too before it replaces the running plan.
     sample: Vec<Message>,
+    /// With a changelog and an archive: the token of the batch being processed, under
+    /// which its Parquet files are staged and which its changelog records name.
+    token: Option<Arc<str>>,
+    /// Staged files of the batch being processed, moved into place once it commits
+    /// ([`Processor::take_staged`]).
+    staged: std::sync::Mutex<Vec<PathBuf>>,
+    /// Batches processed by this processor, for unique tokens.
+    batch_count: u64,
+    /// A random number of this processor's, for unique tokens.
+    instance: u64,
+}
+
+/// Changelog key naming the token of a source partition's last committed batch; the
+/// merger's (`g/` keys) is [`MERGER_ARCHIVE_KEY`].
+const ARCHIVE_KEY: &[u8] = b"archive";
+const MERGER_ARCHIVE_KEY: &[u8] = b"g/archive";
+
+/// The changelog value of [`ARCHIVE_KEY`]: `{"token":"..."}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ArchiveManifest {
+    token: String,
+}
+
+/// The token of the last committed batch among changelog `records` (under `key`).
+fn committed_token(records: &[crate::bus::ChangelogRecord], key: &[u8]) -> Result<Option<String>> {
+    let Some((_, value)) = records.iter().rev().find(|(k, _)| k == key) else {
+        return Ok(None);
+    };
+    value
+        .as_deref()
+        .map(|v| {
+            serde_json::from_slice::<ArchiveManifest>(v)
+                .map(|m| m.token)
+                .map_err(|e| {
+                    Error::Bus(format!(
+                        "changelog record {} does not parse: {e}",
+                        String::from_utf8_lossy(key)
+                    ))
+                })
+        })
+        .transpose()
 }
 
 /// How many records of a batch [`Processor`] keeps to try SQL edits on.
@@ -331,7 +375,32 @@ impl Processor {
             changelog: None,
             progress: Vec::new(),
             last_offsets: BTreeMap::new(),
+            token: None,
+            staged: std::sync::Mutex::default(),
+            batch_count: 0,
+            instance: rand::random(),
         })
+    }
+
+    /// The staged archive files of the batch last processed, to move into place
+    /// ([`crate::archive::promote`]) once its commit has succeeded.
+    pub fn take_staged(&mut self) -> Vec<PathBuf> {
+        std::mem::take(self.staged.get_mut().expect("staged lock"))
+    }
+
+    /// The changelog record naming this batch's token for `key` in `partition`, when
+    /// the batch stages its files.
+    fn manifest(&self, key: &[u8], partition: i32) -> Result<Option<OutRecord>> {
+        let Some(token) = &self.token else {
+            return Ok(None);
+        };
+        let value = window::to_json(&ArchiveManifest {
+            token: token.to_string(),
+        })?;
+        Ok(Some(
+            OutRecord::new(&self.config.topics.changelog, Some(key.to_vec()), value)
+                .to_partition(partition),
+        ))
     }
 
     /// Restore partition state from this changelog (Kafka); without one, a partition
@@ -567,6 +636,11 @@ impl Processor {
         // A batch that failed after it closed windows left their partials here; it is
         // processed again from the committed state, which closes them again.
         self.progress.clear();
+        // Files staged by a batch that failed stay until their partition is settled.
+        self.staged.get_mut().expect("staged lock").clear();
+        self.batch_count += 1;
+        self.token = (self.changelog.is_some() && self.archive.is_some())
+            .then(|| format!("{:016x}{:08x}", self.instance, self.batch_count).into());
         let now = self.clock.now();
         let ranges = offset_ranges(raw.iter());
         self.restore(&ranges, progress).await?;
@@ -632,7 +706,10 @@ impl Processor {
 
     /// End of the input (a finished replay, the demo's end): closes every open window as
     /// if the watermark had passed it. Only for in-process merging.
+    ///
+    /// Its files are written in place: the input has ended, and no transaction follows.
     pub fn finish(&mut self) -> Result<Vec<OutRecord>> {
+        self.token = None;
         let spec = self.config.window;
         let mut out = Vec::new();
         let mut payloads = Vec::new();
@@ -656,16 +733,29 @@ impl Processor {
         Ok(out)
     }
 
-    /// Deletes the archive files of `partition` from `first` (an offset) on: what a batch
-    /// that did not commit wrote.
-    fn remove_archived(&self, partition: i32, first: i64) -> Result<usize> {
-        Ok(match &self.archive {
-            Some(a) => {
-                a.processed.remove_uncommitted(partition, first)?
-                    + a.aircraft_windows.remove_uncommitted(partition, first)?
-            }
-            None => 0,
-        })
+    /// Settles `partition`'s archive files (of `datasets`) as its records are read again
+    /// from `restart`, given its changelog `records` (see
+    /// [`ArchiveWriter::settle_partition`]).
+    fn settle(
+        &self,
+        datasets: &[&ArchiveWriter],
+        partition: i32,
+        records: &[crate::bus::ChangelogRecord],
+        key: &[u8],
+        restart: i64,
+    ) -> Result<Settled> {
+        let token = committed_token(records, key)?;
+        let mut settled = Settled::default();
+        for d in datasets {
+            settled += d.settle_partition(partition, token.as_deref(), restart)?;
+        }
+        self.stats
+            .uncommitted_files_removed
+            .fetch_add(settled.removed as u64, Ordering::Relaxed);
+        self.stats
+            .archive_files_promoted_on_restore
+            .fetch_add(settled.promoted as u64, Ordering::Relaxed);
+        Ok(settled)
     }
 
     /// Restores the state of partitions seen for the first time, and the merger's.
@@ -679,19 +769,26 @@ impl Processor {
                 Some(reader) => {
                     let records = reader.read(p).await?;
                     let state = PartitionState::restore(&records)?;
-                    let removed = self.remove_archived(p, first)?;
+                    let settled = match &self.archive {
+                        Some(a) => self.settle(
+                            &[&a.processed, &a.aircraft_windows],
+                            p,
+                            &records,
+                            ARCHIVE_KEY,
+                            first,
+                        )?,
+                        None => Settled::default(),
+                    };
                     tracing::info!(
                         partition = p,
                         changelog_records = records.len(),
                         aircraft = state.aircraft_count(),
                         open_windows = state.open_windows(),
-                        uncommitted_files_removed = removed,
+                        archive_files_promoted = settled.promoted,
+                        uncommitted_files_removed = settled.removed,
                         "partition state restored"
                     );
                     self.stats.restores.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .uncommitted_files_removed
-                        .fetch_add(removed as u64, Ordering::Relaxed);
                     state
                 }
             };
@@ -706,13 +803,20 @@ impl Processor {
                 None => Vec::new(),
             };
             let merger = Merger::restore(self.config.window, &records, self.clock.now_micros())?;
-            let removed = match &self.archive {
-                Some(a) => a.windows.remove_uncommitted(m.partition, first)?,
-                None => 0,
+            let settled = match &self.archive {
+                Some(a) => self.settle(
+                    &[&a.windows],
+                    m.partition,
+                    &records,
+                    MERGER_ARCHIVE_KEY,
+                    first,
+                )?,
+                None => Settled::default(),
             };
             tracing::info!(
                 open_windows = merger.open_windows(),
-                uncommitted_files_removed = removed,
+                archive_files_promoted = settled.promoted,
+                uncommitted_files_removed = settled.removed,
                 "window merger restored"
             );
             self.merger = Some(merger);
@@ -804,7 +908,7 @@ impl Processor {
         // the batch is processed; the job is awaited whatever happens below, so no file of
         // this batch is written after this returns.
         let archiving = self.archive.as_ref().map(|a| {
-            let (writer, batch) = (a.processed.clone(), processed.clone());
+            let (writer, batch) = (a.processed.staged(self.token.as_ref()), processed.clone());
             let (parts, ranges) = (row_partitions.clone(), ranges.clone());
             tokio::task::spawn_blocking(move || {
                 archive_by_partition(&writer, &batch, &parts, &ranges)
@@ -828,6 +932,9 @@ impl Processor {
                 self.stats
                     .archive_files
                     .fetch_add(files.len() as u64, Ordering::Relaxed);
+                if self.token.is_some() {
+                    self.staged.get_mut().expect("staged lock").extend(files);
+                }
             } else {
                 // The attempt failed (aggregate.sql, say) and its records are processed
                 // again: its files go, so no row is archived twice.
@@ -910,6 +1017,7 @@ impl Processor {
             self.last_offsets.insert(p, range.1);
             let st = self.partitions.get_mut(&p).expect("restored");
             out.extend(st.changelog(&self.config.topics.changelog, p)?);
+            out.extend(self.manifest(ARCHIVE_KEY, p)?);
         }
         Ok(())
     }
@@ -1077,7 +1185,9 @@ impl Processor {
                 &window::aircraft_batch(spec, closed)?,
                 closed.iter().map(|w| w.window_start),
                 &self.config.topics.aircraft_aggregates,
-                self.archive.as_ref().map(|a| &a.aircraft_windows),
+                self.archive
+                    .as_ref()
+                    .map(|a| a.aircraft_windows.staged(self.token.as_ref())),
                 (partition, range),
                 out,
             )?;
@@ -1104,7 +1214,7 @@ impl Processor {
         batch: &RecordBatch,
         starts: impl Iterator<Item = i64>,
         topic: &str,
-        archive: Option<&ArchiveWriter>,
+        archive: Option<ArchiveWriter>,
         source: (i32, (i64, i64)),
         out: &mut Vec<OutRecord>,
     ) -> Result<()> {
@@ -1121,6 +1231,9 @@ impl Processor {
             self.stats
                 .archive_files
                 .fetch_add(files.len() as u64, Ordering::Relaxed);
+            if archive.is_staging() {
+                self.staged.lock().expect("staged lock").extend(files);
+            }
         }
         Ok(())
     }
@@ -1155,12 +1268,20 @@ impl Processor {
         }
         let closed = merger.close(now, all);
         out.extend(merger.changelog(&self.config.topics.changelog, partition)?);
+        let merges_through_topic = self.config.topics.partials.is_some();
+        if merges_through_topic {
+            out.extend(self.manifest(MERGER_ARCHIVE_KEY, partition)?);
+        }
         if !closed.is_empty() {
             self.publish_windows(
                 &window::global_batch(&spec, &closed)?,
                 closed.iter().map(|w| w.window_start),
                 &self.config.topics.aggregated,
-                self.archive.as_ref().map(|a| &a.windows),
+                // Staged only where the merger's changelog settles them on restore.
+                self.archive.as_ref().map(|a| {
+                    a.windows
+                        .staged(self.token.as_ref().filter(|_| merges_through_topic))
+                }),
                 (partition, range),
                 &mut out,
             )?;
@@ -1375,12 +1496,24 @@ async fn step(
     let waiting = std::time::Instant::now();
     settle(processor, in_flight.take()).await?;
     let outputs = processed?;
+    let staged = processor.take_staged();
     let commit_began = std::time::Instant::now();
     let commit = consumer.start_commit(outputs).await?;
     processor
         .stats
         .commit_wait_seconds
         .observe(waiting.elapsed().as_secs_f64());
+    // Once the batch has committed, its staged archive files move into place. Should
+    // that fail, the partition's next restore moves them (the changelog names the batch).
+    let commit = async move {
+        commit.await?;
+        if !staged.is_empty() {
+            tokio::task::spawn_blocking(move || crate::archive::promote(&staged))
+                .await
+                .map_err(|e| Error::Internal(format!("archive promotion task: {e}")))??;
+        }
+        Ok(())
+    };
     *in_flight = Some(InFlight {
         commit: tokio::spawn(async move { (commit.await, commit_began.elapsed()) }),
         records,

@@ -253,16 +253,7 @@ fn committed_token(records: &[crate::bus::ChangelogRecord], key: &[u8]) -> Resul
     };
     value
         .as_deref()
-        .map(|v| {
-            serde_json::from_slice::<ArchiveManifest>(v)
-                .map(|m| m.token)
-                .map_err(|e| {
-                    Error::Bus(format!(
-                        "changelog record {} does not parse: {e}",
-                        String::from_utf8_lossy(key)
-                    ))
-                })
-        })
+        .map(|v| window::from_json::<ArchiveManifest>(key, v).map(|m| m.token))
         .transpose()
 }
 
